@@ -1,0 +1,82 @@
+"""Device side: decrypt the cloud's results and decide. Nothing decrypted here may leave the device.
+
+Decrypted CKKS values handed back to whoever holds the ciphertexts let them recover the secret
+key (Li–Micciancio 2020), so distances stay in this process: callers publish decisions only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import tenseal.sealapi as seal
+
+from .context import LEVEL_REPLY, EngineError, load_ciphertext
+from .encrypt import check_embedding
+from .gallery import SlotRef
+from .keys import SiteKeys
+
+THRESHOLD = 0.6  # Euclidean distance, as face_recognition uses for dlib embeddings
+
+
+@dataclass(frozen=True)
+class Match:
+    """The best enrolled slot for a probe, its Euclidean distance, and every slot's distance."""
+
+    best: SlotRef | None
+    distance: float
+    distances: np.ndarray  # (blocks, slots) Euclidean distances; NaN where no template is enrolled
+
+    def accepted(self, threshold: float = THRESHOLD) -> bool:
+        return is_match(self.distance, threshold)
+
+
+def is_match(distance: float, threshold: float = THRESHOLD) -> bool:
+    """The access decision: a finite distance at or under the threshold."""
+    return bool(np.isfinite(distance) and distance <= threshold)
+
+
+def _decrypt(keys: SiteKeys, reply: bytes, what: str) -> np.ndarray:
+    ctx = keys.context
+    ct = load_ciphertext(ctx, reply, LEVEL_REPLY, what, scale=ctx.reply_scale)
+    plain = seal.Plaintext()
+    seal.Decryptor(ctx.seal, keys.secret).decrypt(ct, plain)
+    return np.asarray(ctx.decode(plain), dtype=np.float64)
+
+
+def decode_scan(
+    keys: SiteKeys,
+    embedding,
+    replies: Sequence[bytes | None],
+    occupancy: Sequence[np.ndarray],
+) -> Match:
+    """Decrypt one reply per block; squared distance = |x|^2 + (|y|^2 - 2<x, y>) per occupied slot."""
+    if len(replies) != len(occupancy):
+        raise EngineError(f"{len(replies)} block results but occupancy for {len(occupancy)} blocks")
+    x = check_embedding(embedding, keys.params)
+    norm2 = float(x @ x)
+    slots = keys.params.slots
+    distances = np.full((len(replies), slots), np.nan)
+    for index, (reply, occupied) in enumerate(zip(replies, occupancy)):
+        occupied = np.asarray(occupied, dtype=bool)
+        if occupied.shape != (slots,):
+            raise EngineError(f"block {index}: occupancy must cover {slots} slots")
+        if reply is None:
+            if occupied.any():
+                raise EngineError(f"block {index}: no result for a block that holds templates")
+            continue
+        values = _decrypt(keys, reply, f"result of block {index}")
+        squared = np.maximum(norm2 + values, 0.0)
+        distances[index, occupied] = np.sqrt(squared[occupied])
+    if np.all(np.isnan(distances)):
+        return Match(best=None, distance=float("inf"), distances=distances)
+    flat = int(np.nanargmin(distances))
+    block, slot = divmod(flat, slots)
+    return Match(best=SlotRef(block, slot), distance=float(distances[block, slot]), distances=distances)
+
+
+def decode_verify(keys: SiteKeys, reply: bytes) -> float:
+    """Decrypt a 1:1 result: every slot holds |x - y|^2; their mean averages the noise away."""
+    values = _decrypt(keys, reply, "verification result")
+    return float(np.sqrt(max(float(np.mean(values)), 0.0)))

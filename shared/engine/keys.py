@@ -1,0 +1,160 @@
+"""Site keys: the device's secret half and the cloud's evaluation bundle.
+
+A site's door devices share one CKKS secret key; the cloud gets only what the scan needs (a
+relinearization key and the power-of-two Galois keys, in SEAL's compact seeded form), under a
+key id derived from those bytes so that every probe and reply can name the keys it belongs to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass, field
+
+import tenseal.sealapi as seal
+
+from .context import Context, EngineError, Params, context_for, from_bytes, to_bytes
+
+_MAGIC = b"BGK1"
+_KIND_SECRET = b"S"
+_KIND_EVALUATION = b"E"
+# An evaluation bundle is ~0.7 MB per key: cap what is parsed well above any honest bundle.
+MAX_BUNDLE_BYTES = 32 * 1024 * 1024
+
+
+def _pack(kind: bytes, header: dict, sections: dict[str, bytes]) -> bytes:
+    header = dict(header, sections=[[name, len(blob)] for name, blob in sections.items()])
+    head = json.dumps(header, sort_keys=True).encode()
+    return _MAGIC + kind + struct.pack("<I", len(head)) + head + b"".join(sections.values())
+
+
+def _unpack(data: bytes, what: str) -> tuple[bytes, dict, dict[str, bytes]]:
+    if not isinstance(data, (bytes, bytearray)):
+        raise EngineError(f"{what}: expected bytes, got {type(data).__name__}")
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise EngineError(f"{what}: {len(data)} bytes is more than the {MAX_BUNDLE_BYTES} allowed")
+    if len(data) < 9 or data[:4] != _MAGIC:
+        raise EngineError(f"{what}: not a blindgate key file (bad magic) — wrong file or corrupted")
+    kind = bytes(data[4:5])
+    (head_len,) = struct.unpack_from("<I", data, 5)
+    if 9 + head_len > len(data):
+        raise EngineError(f"{what}: truncated header")
+    try:
+        header = json.loads(bytes(data[9 : 9 + head_len]))
+        layout = [(str(name), int(size)) for name, size in header["sections"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise EngineError(f"{what}: malformed header ({exc})") from None
+    sections, offset = {}, 9 + head_len
+    for name, size in layout:
+        if size < 0 or offset + size > len(data):
+            raise EngineError(f"{what}: truncated — section {name!r} needs {size} bytes, {len(data) - offset} left")
+        sections[name] = bytes(data[offset : offset + size])
+        offset += size
+    if offset != len(data):
+        raise EngineError(f"{what}: {len(data) - offset} unexpected trailing bytes")
+    return kind, header, sections
+
+
+def derive_key_id(params: Params, relin: bytes, galois: bytes) -> str:
+    """A stable name for a key set: a hash of the public material the cloud holds."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(params.to_dict(), sort_keys=True).encode())
+    digest.update(hashlib.sha256(relin).digest())
+    digest.update(hashlib.sha256(galois).digest())
+    return digest.hexdigest()[:32]
+
+
+@dataclass
+class EvaluationKeys:
+    """The cloud's half: enough to scan and enroll, nothing that decrypts."""
+
+    params: Params
+    key_id: str
+    relin: seal.RelinKeys
+    galois: seal.GaloisKeys
+    raw: bytes = field(repr=False)
+
+    @property
+    def context(self) -> Context:
+        return context_for(self.params)
+
+    def to_bytes(self) -> bytes:
+        return self.raw
+
+    @classmethod
+    def from_bytes(cls, data: bytes, expected_key_id: str | None = None) -> "EvaluationKeys":
+        """Load and validate a bundle received from a device."""
+        what = "evaluation bundle"
+        kind, header, sections = _unpack(data, what)
+        if kind == _KIND_SECRET or "secret" in sections:
+            raise EngineError(
+                f"{what}: this holds a SECRET key — it is the device's key file, never send it to the cloud; "
+                "send the evaluation bundle (blindgate-device keys export) instead"
+            )
+        if kind != _KIND_EVALUATION:
+            raise EngineError(f"{what}: unknown key file kind {kind!r}")
+        params = Params.from_dict(header.get("params", {}))
+        missing = {"relin", "galois"} - set(sections)
+        if missing:
+            raise EngineError(f"{what}: missing {sorted(missing)} keys")
+        key_id = derive_key_id(params, sections["relin"], sections["galois"])
+        if header.get("key_id") != key_id:
+            raise EngineError(f"{what}: key id {header.get('key_id')!r} does not match its keys ({key_id}) — corrupted or tampered")
+        if expected_key_id is not None and expected_key_id != key_id:
+            raise EngineError(f"{what}: key id {key_id} is not the expected {expected_key_id}")
+        ctx = context_for(params)
+        relin = from_bytes(seal.RelinKeys, ctx, sections["relin"], f"{what} relinearization key", MAX_BUNDLE_BYTES)
+        galois = from_bytes(seal.GaloisKeys, ctx, sections["galois"], f"{what} Galois keys", MAX_BUNDLE_BYTES)
+        absent = [e for e in params.galois_elements() if not galois.has_key(e)]
+        if absent:
+            raise EngineError(f"{what}: Galois keys for elements {absent} are missing")
+        return cls(params=params, key_id=key_id, relin=relin, galois=galois, raw=bytes(data))
+
+
+@dataclass
+class SiteKeys:
+    """The device's half: the secret key (never leaves the device) plus the bundle it registered."""
+
+    params: Params
+    key_id: str
+    secret: seal.SecretKey
+    evaluation_bytes: bytes = field(repr=False)
+
+    @property
+    def context(self) -> Context:
+        return context_for(self.params)
+
+    def evaluation(self) -> EvaluationKeys:
+        return EvaluationKeys.from_bytes(self.evaluation_bytes, expected_key_id=self.key_id)
+
+    def to_bytes(self) -> bytes:
+        """The device's key file: keep it private (mode 0600), never upload it."""
+        header = {"params": self.params.to_dict(), "key_id": self.key_id}
+        return _pack(_KIND_SECRET, header, {"secret": to_bytes(self.secret), "evaluation": self.evaluation_bytes})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "SiteKeys":
+        what = "device key file"
+        kind, header, sections = _unpack(data, what)
+        if kind != _KIND_SECRET or "secret" not in sections:
+            raise EngineError(f"{what}: holds no secret key — this is an evaluation bundle, not the device's keys")
+        params = Params.from_dict(header.get("params", {}))
+        ctx = context_for(params)
+        secret = from_bytes(seal.SecretKey, ctx, sections["secret"], f"{what} secret key", MAX_BUNDLE_BYTES)
+        evaluation = EvaluationKeys.from_bytes(sections.get("evaluation", b""), expected_key_id=header.get("key_id"))
+        if evaluation.params != params:
+            raise EngineError(f"{what}: evaluation bundle parameters differ from the secret key's")
+        return cls(params=params, key_id=evaluation.key_id, secret=secret, evaluation_bytes=sections["evaluation"])
+
+
+def generate_site_keys(dim: int = 128) -> SiteKeys:
+    """Create a site's CKKS keys (N=8192, 128-bit security) for embeddings of `dim` values."""
+    params = Params(dim=dim)
+    ctx = context_for(params)
+    keygen = seal.KeyGenerator(ctx.seal)
+    relin = to_bytes(keygen.create_relin_keys())  # seeded: half the size
+    galois = to_bytes(keygen.create_galois_keys(params.galois_elements()))
+    key_id = derive_key_id(params, relin, galois)
+    bundle = _pack(_KIND_EVALUATION, {"params": params.to_dict(), "key_id": key_id}, {"relin": relin, "galois": galois})
+    return SiteKeys(params=params, key_id=key_id, secret=keygen.secret_key(), evaluation_bytes=bundle)
