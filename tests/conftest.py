@@ -22,3 +22,13 @@ def faces_dir() -> Path:
     if not FACES_DIR.is_dir():
         pytest.skip(f"real face images ../shared/faces not found: {FACES_DIR}")
     return FACES_DIR
+
+
+@pytest.fixture
+def broker(tmp_path_factory):
+    """A fresh real Mosquitto broker on a free loopback port, stopped after the test."""
+    from tests.broker import start_broker
+
+    running = start_broker(tmp_path_factory.mktemp("mosquitto"))
+    yield running
+    running.stop()

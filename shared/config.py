@@ -1,0 +1,204 @@
+"""Configuration: one TOML file per side, any value overridable from the environment.
+
+`BLINDGATE_<SECTION>_<KEY>` overrides `[section] key` (e.g. `BLINDGATE_MQTT_PORT=8883`); a
+top-level key is `BLINDGATE_<KEY>`. Unknown keys and wrong types are errors that name the key:
+a typo in an access-control config must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+ENV_PREFIX = "BLINDGATE"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+@dataclass
+class MQTTConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str = ""
+    password: str = ""
+    tls: bool = False
+    ca_file: str = ""  # CA bundle that signed the broker's certificate
+    cert_file: str = ""  # client certificate, when the broker authenticates by certificate
+    key_file: str = ""
+    keepalive: int = 30
+    topic_prefix: str = "blindgate"
+
+
+@dataclass
+class CloudConfig:
+    state_dir: str = "./state/cloud"  # database and reply-signing key live here
+    http_host: str = "127.0.0.1"
+    http_port: int = 8600
+    workers: int = 1  # matcher processes; each holds the galleries' blocks
+    queue_size: int = 8  # probes waiting for a matcher; beyond it the answer is "busy"
+    reply_ttl: float = 10.0  # seconds a reply stays valid (MQTT expiry and signed expiry)
+    share_group: str = "blindgate-cloud"
+    log_level: str = "INFO"
+    log_format: str = "json"  # json or text
+    mqtt: MQTTConfig = field(default_factory=MQTTConfig)
+
+
+@dataclass
+class CameraConfig:
+    source: str = "picamera2"  # picamera2, a device number, a stream URL, a video file or an image folder
+    width: int = 640
+    height: int = 480
+    fps: float = 10.0
+    realtime: bool = True  # pace video files and folders at `fps` like a live camera
+
+
+@dataclass
+class FaceSettings:
+    model: str = "hog"  # or "cnn"
+    upsample: int = 1
+    min_face_px: int = 60
+    min_sharpness: float = 30.0
+    detect_max_width: int = 640
+
+
+@dataclass
+class DecisionConfig:
+    threshold: float = 0.6  # Euclidean distance, as face_recognition uses
+    frames_required: int = 2  # agreeing frames before the door opens
+    window_s: float = 3.0  # the agreeing frames must fall within this window
+    reply_timeout: float = 3.0
+    open_seconds: float = 5.0
+    cooldown_s: float = 3.0
+    lockout_failures: int = 5
+    lockout_s: float = 30.0
+
+
+@dataclass
+class LockConfig:
+    pin: str = "GPIO17"
+    active_high: bool = True
+    pin_factory: str = ""  # "mock" off the Pi; empty lets gpiozero choose
+
+
+@dataclass
+class DeviceConfig:
+    site: str = "home"
+    device_id: str = "door1"
+    cloud_url: str = "http://127.0.0.1:8600"
+    state_dir: str = "./state/device"  # site keys, label key, cloud public key, token, audit log
+    log_level: str = "INFO"
+    log_format: str = "json"
+    ha_discovery_prefix: str = "homeassistant"
+    mqtt: MQTTConfig = field(default_factory=MQTTConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    face: FaceSettings = field(default_factory=FaceSettings)
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
+    lock: LockConfig = field(default_factory=LockConfig)
+
+
+C = TypeVar("C")
+
+
+def _coerce(value: Any, kind: Any, key: str) -> Any:
+    if isinstance(kind, str):  # postponed annotations
+        kind = {"str": str, "int": int, "float": float, "bool": bool}.get(kind, kind)
+    from_env = isinstance(value, str) and kind is not str
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if from_env and value.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if from_env and value.strip().lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if kind is int:
+            if isinstance(value, bool) or isinstance(value, float):
+                raise ValueError(value)
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if kind is str:
+            if not isinstance(value, str):
+                raise ValueError(value)
+            return value
+    except (TypeError, ValueError):
+        name = getattr(kind, "__name__", str(kind))
+        raise ConfigError(f"config {key}: expected {name}, got {value!r}") from None
+    raise ConfigError(f"config {key}: unsupported type {kind!r}")
+
+
+def _build(cls: type[C], data: Mapping[str, Any], env: Mapping[str, str], path: str) -> C:
+    hints = typing.get_type_hints(cls)
+    values = {}
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        where = f"[{path}]" if path else "top level"
+        raise ConfigError(f"config {where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    for f in dataclasses.fields(cls):
+        key = f"{path}.{f.name}" if path else f.name
+        kind = hints[f.name]
+        env_name = f"{ENV_PREFIX}_{key.replace('.', '_').upper()}"
+        if dataclasses.is_dataclass(kind):
+            section = data.get(f.name, {})
+            if not isinstance(section, Mapping):
+                raise ConfigError(f"config {key}: expected a [{key}] table")
+            values[f.name] = _build(kind, section, env, key)
+        elif env_name in env:
+            values[f.name] = _coerce(env[env_name], kind, f"{key} (from ${env_name})")
+        elif f.name in data:
+            values[f.name] = _coerce(data[f.name], kind, key)
+    return cls(**values)
+
+
+def load_config(cls: type[C], path: str | Path | None = None, env: Mapping[str, str] | None = None) -> C:
+    """Read `cls` from a TOML file (optional) with environment overrides applied on top."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return _build(cls, data, os.environ if env is None else env, "")
+
+
+def to_toml(config: Any) -> str:
+    """Render a config as TOML (for `config show` and sample files)."""
+    top, tables = [], []
+
+    def fmt(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str):
+            return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return repr(value)
+
+    def walk(obj: Any, prefix: str) -> None:
+        lines = []
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}.{f.name}" if prefix else f.name)
+            else:
+                lines.append(f"{f.name} = {fmt(value)}")
+        if prefix:
+            tables.append(f"[{prefix}]\n" + "\n".join(lines))
+        else:
+            top.extend(lines)
+
+    walk(config, "")
+    return "\n".join(top) + "\n\n" + "\n\n".join(tables) + "\n"
+
