@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m shared.demo
+	$(PY) -m device.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
