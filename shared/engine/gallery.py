@@ -155,13 +155,19 @@ class Block:
                 combine(ct, part)
         combine(self.norms, norm)
 
+    def _check_slot(self, slot: int) -> None:
+        if not isinstance(slot, (int, np.integer)) or not 0 <= slot < self.occupied.size:
+            raise EngineError(f"slot {slot!r} is outside the block (0..{self.occupied.size - 1})")
+
     def add(self, enrollment: seal.Ciphertext, slot: int) -> None:
+        self._check_slot(slot)
         if self.occupied[slot]:
             raise EngineError(f"slot {slot} is already occupied")
         self._apply(enrollment, slot, subtract=False)
         self.occupied[slot] = True
 
     def remove(self, enrollment: seal.Ciphertext, slot: int) -> None:
+        self._check_slot(slot)
         if not self.occupied[slot]:
             raise EngineError(f"slot {slot} holds no template")
         if self.count == 1:  # subtracting the last one would leave transparent (all-zero) ciphertexts
@@ -258,9 +264,12 @@ class Gallery:
         """Enroll one template (from its enrollment ciphertext) into the first free slot, or `at`."""
         ct = self.load_enrollment(enrollment)
         ref = at or self.next_slot()
-        while len(self.blocks) <= ref.block:
-            self.blocks.append(Block(self.keys))
-        self.blocks[ref.block].add(ct, ref.slot)
+        if not 0 <= ref.block <= len(self.blocks):
+            raise EngineError(f"block {ref.block} does not exist and is not the next new block ({len(self.blocks)})")
+        block = self.blocks[ref.block] if ref.block < len(self.blocks) else Block(self.keys)
+        block.add(ct, ref.slot)
+        if block not in self.blocks:
+            self.blocks.append(block)
         return ref
 
     def remove(self, ref: SlotRef, enrollment: bytes) -> None:
