@@ -403,6 +403,8 @@ class GalleryStore:
         enrollment: bytes,
         block_index: int,
         block: bytes,
+        *,
+        expected_version: int | None = None,
     ) -> int:
         """Store one enrollment atomically: subject row, updated block and version bump together.
 
@@ -410,6 +412,10 @@ class GalleryStore:
         `block_index` must equal `ref.block`; a new block must be the next index). Returns the
         new gallery version. StoreConflict if the subject id or the slot is taken; UnknownSite
         if the site is not registered. On any error nothing changes.
+
+        `expected_version`: the gallery version the block was computed from; StoreConflict if
+        the site has moved on since (another process committed meanwhile), so a block computed
+        from a stale copy never overwrites a newer one.
         """
         subject_id = _text(subject_id, "subject id")
         label, enrollment = _blob(label, "label"), _blob(enrollment, "enrollment ciphertext")
@@ -421,6 +427,7 @@ class GalleryStore:
             raise ValueError(f"slot {ref} is not in block {block_index}, the block being written")
         with self._lock, self._write() as db:
             version = self._require_site(db, site_id)
+            self._check_version(site_id, version, expected_version)
             taken = db.execute(
                 "SELECT subject_id FROM subject WHERE site_id = ? AND block = ? AND slot = ?",
                 (site_id, ref.block, ref.slot),
@@ -442,18 +449,21 @@ class GalleryStore:
                 raise StoreConflict(f"cannot enroll {subject_id!r} at site {site_id!r}: {exc}") from None
             return self._bump(db, site_id, version)
 
-    def commit_removal(self, site_id: str, subject_id: str, block_index: int, block: bytes) -> int:
+    def commit_removal(
+        self, site_id: str, subject_id: str, block_index: int, block: bytes, *, expected_version: int | None = None
+    ) -> int:
         """Remove a subject atomically with the block it left (serialized after `Gallery.remove`).
 
         Returns the new gallery version. UnknownSubject if the site holds no such subject;
         StoreConflict if the subject is not in `block_index` (the block was computed for another
-        slot). On any error nothing changes.
+        slot) or the gallery is no longer at `expected_version`. On any error nothing changes.
         """
         subject_id = _text(subject_id, "subject id")
         block = _blob(block, "gallery block")
         block_index = _index(block_index, "block index")
         with self._lock, self._write() as db:
             version = self._require_site(db, site_id)
+            self._check_version(site_id, version, expected_version)
             row = db.execute(
                 "SELECT block FROM subject WHERE site_id = ? AND subject_id = ?", (site_id, subject_id)
             ).fetchone()
@@ -465,6 +475,54 @@ class GalleryStore:
                 )
             db.execute("DELETE FROM subject WHERE site_id = ? AND subject_id = ?", (site_id, subject_id))
             self._put_block(db, site_id, block_index, block)
+            return self._bump(db, site_id, version)
+
+    @staticmethod
+    def _check_version(site_id: str, version: int, expected_version: int | None) -> None:
+        if expected_version is not None and version != expected_version:
+            raise StoreConflict(
+                f"site {site_id!r} gallery is at version {version}, not {expected_version}: "
+                "it changed while this block was computed"
+            )
+
+    def import_block(
+        self,
+        site_id: str,
+        block_index: int,
+        block: bytes,
+        subjects: list[tuple[str, bytes, int, bytes]],
+        *,
+        expected_version: int | None = None,
+    ) -> int:
+        """Bulk import: store one whole block (e.g. from `engine.encrypt_block`) and its subjects.
+
+        `subjects` lists (subject id, label, slot, enrollment ciphertext) for every template in
+        the block; the block index must be new (the next one). One transaction, one version bump.
+        Returns the new gallery version. StoreConflict if the block exists or an id is taken.
+        """
+        block = _blob(block, "gallery block")
+        block_index = _index(block_index, "block index")
+        rows = []
+        now = time.time()
+        for subject_id, label, slot, enrollment in subjects:
+            rows.append(
+                (site_id, _text(subject_id, "subject id"), _blob(label, "label"), block_index,
+                 _index(slot, "slot"), _blob(enrollment, "enrollment ciphertext"), now)
+            )
+        with self._lock, self._write() as db:
+            version = self._require_site(db, site_id)
+            self._check_version(site_id, version, expected_version)
+            if db.execute("SELECT 1 FROM block WHERE site_id = ? AND idx = ?", (site_id, block_index)).fetchone():
+                raise StoreConflict(f"site {site_id!r} already has block {block_index}; import into a new block")
+            self._put_block(db, site_id, block_index, block)
+            try:
+                db.executemany(
+                    "INSERT INTO subject (site_id, subject_id, label, block, slot, enrollment, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+            except sqlite3.IntegrityError as exc:
+                raise StoreConflict(f"cannot import into site {site_id!r}: {exc}") from None
             return self._bump(db, site_id, version)
 
     # -- subjects -------------------------------------------------------------------------------

@@ -45,6 +45,8 @@ class CloudConfig:
     queue_size: int = 8  # probes waiting for a matcher; beyond it the answer is "busy"
     reply_ttl: float = 10.0  # seconds a reply stays valid (MQTT expiry and signed expiry)
     share_group: str = "blindgate-cloud"
+    # Bearer token required to register a site; empty = open registration (logged as a warning).
+    provision_token: str = ""
     log_level: str = "INFO"
     log_format: str = "json"  # json or text
     mqtt: MQTTConfig = field(default_factory=MQTTConfig)

@@ -1,0 +1,297 @@
+"""Benchmark: the cloud service under load from simulated door devices, end to end over MQTT.
+
+Starts its own Mosquitto and `python -m cloud.cli serve` on loopback, fills a site's gallery
+with G subjects, then K devices each publish real encrypted probes at `--rate` per second for
+`--duration` seconds. Prints one JSON object on stdout (progress on stderr):
+
+    python bench/cloud_load.py                                   # G=1000, 20 devices x 1/s, 60 s
+    python bench/cloud_load.py --devices 5 --rate 2 --duration 20 --gallery 100 --workers 2
+
+Latency is publish -> signed reply received (broker, queueing, scan, signing, both hops).
+A reply counts as lost if none arrived within `--reply-timeout` after the last probe.
+One probe in `--check-every` is decrypted and must decode to the subject it was made from.
+
+Gallery creation uses the bulk-import path rather than 1000 HTTP enrollments (~0.3 s each):
+the device side encrypts whole blocks with `engine.encrypt_block` plus each subject's
+enrollment ciphertext (kept so the subject can be removed later), and `GalleryStore.import_block`
+stores them in one transaction before the service starts. The resulting blocks have exactly the
+layout enrollment builds. (There is no HTTP route for bulk import yet: see docs/api.md.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import queue
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import paho.mqtt.client as mqtt  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+from paho.mqtt.packettypes import PacketTypes  # noqa: E402
+from paho.mqtt.properties import Properties  # noqa: E402
+
+from cloud.app import DB_NAME, load_or_create_signing_key  # noqa: E402
+from cloud.store import GalleryStore, new_subject_id  # noqa: E402
+from shared.engine import decode_scan, encrypt_block, encrypt_enrollment, encrypt_probe, generate_site_keys  # noqa: E402
+from shared.protocol import encode_probe_request, new_probe_request, open_reply, probe_topic, reply_topic  # noqa: E402
+from tests.broker import free_port, start_broker  # noqa: E402
+
+SITE = "bench"
+
+
+def progress(message: str) -> None:
+    print(f"[cloud_load] {message}", file=sys.stderr, flush=True)
+
+
+def build_gallery(state_dir: Path, keys, faces: np.ndarray) -> None:
+    """Register the site and bulk-import `faces` into its gallery, 4096 per block."""
+    slots = keys.params.slots
+    with GalleryStore(state_dir / DB_NAME) as store:
+        store.create_site(SITE, secrets.token_urlsafe(32), keys.key_id, keys.evaluation_bytes)
+        for index, start in enumerate(range(0, len(faces), slots)):
+            chunk = faces[start : start + slots]
+            block = encrypt_block(keys, chunk)
+            subjects = [
+                (new_subject_id(), b"bench-label", slot, encrypt_enrollment(keys, face)) for slot, face in enumerate(chunk)
+            ]
+            store.import_block(SITE, index, block, subjects)
+    load_or_create_signing_key(state_dir)
+
+
+class Device:
+    def __init__(self, name: str, host: str, port: int, results: queue.Queue) -> None:
+        self.name = name
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{name}-{os.getpid()}", protocol=mqtt.MQTTv5)
+        ready = threading.Event()
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(reply_topic(SITE, name), qos=1)
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: ready.set()
+        self.client.on_message = lambda c, u, m: results.put((time.perf_counter(), m.payload))
+        self.client.connect(host, port)
+        self.client.loop_start()
+        if not ready.wait(10):
+            raise RuntimeError(f"device {name} could not subscribe")
+
+    def publish(self, key_id: str, probe: bytes, ttl: float):
+        req = new_probe_request(SITE, self.name, key_id, probe, ttl=ttl)
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = reply_topic(SITE, self.name)
+        props.CorrelationData = bytes.fromhex(req.request_id)
+        props.MessageExpiryInterval = math.ceil(ttl)
+        self.client.publish(probe_topic(SITE, self.name), encode_probe_request(req), qos=1, properties=props)
+        return req
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, default=20)
+    parser.add_argument("--rate", type=float, default=1.0, help="probes per second per device")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    parser.add_argument("--gallery", type=int, default=1000, help="subjects enrolled (G)")
+    parser.add_argument("--workers", type=int, default=2, help="matcher processes of the service")
+    parser.add_argument("--queue-size", type=int, default=32)
+    parser.add_argument("--ttl", type=float, default=5.0, help="probe request lifetime (s)")
+    parser.add_argument("--reply-timeout", type=float, default=10.0)
+    parser.add_argument("--check-every", type=int, default=10, help="decode one reply in N (0: none)")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (gallery, logs)")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="blindgate-cloud-load-"))
+    state_dir = workdir / "state"
+    state_dir.mkdir()
+    rng = np.random.default_rng(7)
+    keys = generate_site_keys()
+    faces = rng.normal(0, 0.09, (args.gallery, 128))
+    started = time.perf_counter()
+    build_gallery(state_dir, keys, faces)
+    import_seconds = time.perf_counter() - started
+    progress(f"gallery of {args.gallery} imported in {import_seconds:.1f} s")
+
+    # Probes: a few per device, near enrolled faces; the request ids are fresh for every send.
+    probe_faces = [int(i) for i in rng.integers(0, args.gallery, 16)]
+    probes = [(i, encrypt_probe(keys, faces[i] + rng.normal(0, 0.01, 128))) for i in probe_faces]
+
+    broker = start_broker(workdir / "mosquitto")
+    http_port = free_port()
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        BLINDGATE_STATE_DIR=str(state_dir),
+        BLINDGATE_HTTP_PORT=str(http_port),
+        BLINDGATE_MQTT_HOST=broker.host,
+        BLINDGATE_MQTT_PORT=str(broker.port),
+        BLINDGATE_WORKERS=str(args.workers),
+        BLINDGATE_QUEUE_SIZE=str(args.queue_size),
+        BLINDGATE_LOG_LEVEL="WARNING",
+    )
+    service_log = open(workdir / "service.log", "wb")
+    service = subprocess.Popen([sys.executable, "-m", "cloud.cli", "serve"], cwd=ROOT, env=env, stdout=service_log, stderr=service_log)
+    devices: list[Device] = []
+    result: dict = {}
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if service.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"service did not start; see {workdir / 'service.log'}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=1) as resp:
+                    if json.load(resp).get("mqtt_connected"):
+                        break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v1/cloud-key") as resp:
+            from shared.protocol import public_key_from_text
+
+            cloud_key = public_key_from_text(json.load(resp)["cloud_public_key"])
+
+        replies: queue.Queue = queue.Queue()
+        devices = [Device(f"door{i}", broker.host, broker.port, replies) for i in range(args.devices)]
+
+        # Warm-up: one probe loads the gallery into every worker (not counted).
+        for n in range(args.workers):
+            devices[0].publish(keys.key_id, probes[0][1], args.ttl)
+        for _ in range(args.workers):
+            replies.get(timeout=60)
+        progress(f"service ready ({args.workers} workers); loading for {args.duration:.0f} s")
+
+        sent: dict[str, tuple[float, int, int]] = {}  # request id -> (send time, face index, probe number)
+        interval = 1.0 / args.rate
+        total = int(args.duration * args.rate) * args.devices
+        t0 = time.perf_counter()
+        schedule = sorted(
+            (t0 + k * interval + d * interval / args.devices, d, k)
+            for d in range(args.devices)
+            for k in range(int(args.duration * args.rate))
+        )
+        counter = 0
+        for when, d, _ in schedule:
+            delay = when - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            face_index, probe = probes[counter % len(probes)]
+            req = devices[d].publish(keys.key_id, probe, args.ttl)
+            sent[req.request_id] = (time.perf_counter(), face_index, counter)
+            counter += 1
+        load_seconds = time.perf_counter() - t0
+
+        answered: dict[str, tuple[str, float]] = {}
+        duplicates = bad = wrong_match = checked = 0
+        end = time.perf_counter() + args.reply_timeout
+        while len(answered) < total and time.perf_counter() < end or not replies.empty():
+            try:
+                received, payload = replies.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                reply = open_reply(payload, cloud_key)
+            except Exception:
+                bad += 1
+                continue
+            if reply.request_id not in sent:
+                continue  # warm-up
+            if reply.request_id in answered:
+                duplicates += 1
+                continue
+            sent_at, face_index, number = sent[reply.request_id]
+            answered[reply.request_id] = (reply.status, received - sent_at)
+            if reply.status == "ok" and args.check_every and number % args.check_every == 0:
+                checked += 1
+                occupancy = [np.unpackbits(np.frombuffer(r.occupied, dtype=np.uint8)).astype(bool) for r in reply.results]
+                match = decode_scan(keys, faces[face_index] , [r.ciphertext for r in reply.results], occupancy)
+                if match.best is None or match.best.block * keys.params.slots + match.best.slot != face_index:
+                    wrong_match += 1
+
+        ok = [lat for status, lat in answered.values() if status == "ok"]
+        statuses = [status for status, _ in answered.values()]
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics") as resp:
+            metrics_text = resp.read().decode()
+        result = {
+            "gallery": args.gallery,
+            "blocks": math.ceil(args.gallery / keys.params.slots),
+            "devices": args.devices,
+            "rate_per_device": args.rate,
+            "duration_s": args.duration,
+            "workers": args.workers,
+            "queue_size": args.queue_size,
+            "cores": os.cpu_count(),
+            "sent": total,
+            "replies": len(answered),
+            "ok": statuses.count("ok"),
+            "busy": statuses.count("busy"),
+            "error": statuses.count("error"),
+            "lost": total - len(answered),
+            "duplicates": duplicates,
+            "bad_signature": bad,
+            "decoded_checked": checked,
+            "decoded_wrong": wrong_match,
+            "latency_ok_s": {
+                "p50": percentile(ok, 0.50),
+                "p90": percentile(ok, 0.90),
+                "p99": percentile(ok, 0.99),
+                "max": max(ok) if ok else None,
+                "mean": statistics.fmean(ok) if ok else None,
+            },
+            "throughput_ok_per_s": round(len(ok) / load_seconds, 2),
+            "offered_per_s": round(total / load_seconds, 2),
+            "gallery_import_s": round(import_seconds, 2),
+            "service_scan_histogram": [l for l in metrics_text.splitlines() if l.startswith("blindgate_scan_seconds_")],
+            "target_met": bool(total == len(answered) and not statuses.count("busy") and ok and percentile(ok, 0.99) <= 1.0),
+        }
+        for key in ("p50", "p90", "p99", "max", "mean"):
+            if result["latency_ok_s"][key] is not None:
+                result["latency_ok_s"][key] = round(result["latency_ok_s"][key], 4)
+    finally:
+        for device in devices:
+            device.close()
+        if service.poll() is None:
+            service.send_signal(signal.SIGTERM)
+            try:
+                service.wait(30)
+            except subprocess.TimeoutExpired:
+                service.kill()
+        service_log.close()
+        service_cpu = os.times()  # children: the service and, through it, its matcher workers
+        broker.stop()
+        if args.keep:
+            progress(f"work dir kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    own = os.times()
+    result["cpu_s"] = {
+        "service_and_workers": round(service_cpu.children_user + service_cpu.children_system, 1),
+        "bench_harness": round(own.user + own.system, 1),
+        "load_average_1m_at_end": os.getloadavg()[0],
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,212 @@
+"""Benchmark: the door's frame-to-decision latency, stage by stage, with a 1000-face gallery.
+
+    python bench/device_latency.py                 # scan in-process (default)
+    python bench/device_latency.py --mqtt          # round trip through a local Mosquitto
+    python bench/device_latency.py --frames 40 --gallery 1000
+
+Frames: the recorded Hamilton clip (640x360) padded to 640x480, only frames in which a usable
+face is found (skipped frames cost one detection and are not decisions). Gallery: lin1.png's
+embedding in slot 0 plus random dlib-like templates, built with the engine's bulk import
+(`encrypt_block`, the same layout enrollment builds).
+
+Per frame, timed on the device's own code path (`Agent.handle_reply`):
+- detect: HOG detection + quality checks; embed: landmarks + ResNet descriptor;
+- encrypt: `encrypt_probe`;
+- round_trip: request encoding, the cloud's work (`decode_probe_request`, `scan_blocks`,
+  `seal_reply`) and, with --mqtt, both MQTT v5 hops through a real broker (responder in a
+  thread of this process; the cloud service is not started);
+- decrypt: signature check, freshness check, `decode_scan`, threshold, subject lookup.
+One JSON object on stdout (median and p95 per stage, ms); progress on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
+STAGES = ("detect_ms", "embed_ms", "encrypt_ms", "round_trip_ms", "decrypt_ms", "total_ms")
+
+
+def log(msg: str) -> None:
+    print(f"[device-latency] {msg}", file=sys.stderr, flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=30, help="decisions to time (default 30)")
+    parser.add_argument("--gallery", type=int, default=1000, help="templates in the gallery (<= 4096)")
+    parser.add_argument("--mqtt", action="store_true", help="round trip through a local Mosquitto broker")
+    args = parser.parse_args()
+    if not FACES.is_dir():
+        print(json.dumps({"error": f"face data not found at {FACES}"}))
+        return 2
+
+    import cv2
+
+    from device.agent import MATCH, Agent, SubjectDirectory
+    from device.faces import FaceAnalyzer, load_image
+    from device.labels import LabelCipher
+    from device.lock import Lock
+    from shared.config import DecisionConfig, DeviceConfig
+    from shared.engine import Block, encrypt_block, encrypt_probe, generate_site_keys, scan_blocks
+    from shared.protocol import (
+        STATUS_OK,
+        BlockResult,
+        Reply,
+        decode_probe_request,
+        encode_probe_request,
+        new_probe_request,
+        new_signing_key,
+        seal_reply,
+    )
+
+    analyzer = FaceAnalyzer()
+    enrolled = analyzer.analyze(load_image(FACES / "people" / "lin_manuel_miranda" / "lin1.png"))
+    keys = generate_site_keys()
+    evaluation = keys.evaluation()
+    rng = np.random.default_rng(0)
+    templates = np.vstack([enrolled.embedding, rng.normal(0, 0.09, (args.gallery - 1, 128))])
+    t0 = time.perf_counter()
+    block = Block.from_bytes(evaluation, encrypt_block(keys, templates))
+    log(f"gallery of {args.gallery} built in {time.perf_counter() - t0:.1f} s")
+    occupied = np.packbits(block.occupied).tobytes()
+
+    state = Path(tempfile.mkdtemp(prefix="bg-bench-"))
+    LabelCipher.create_key(state)
+    labels = LabelCipher.load(state, "home")
+    import base64
+
+    listing = {
+        "gallery_version": 1,
+        "subjects": [
+            {"subject": f"s{i}", "label": base64.b64encode(labels.encrypt(f"person {i}")).decode(), "block": 0, "slot": i}
+            for i in range(args.gallery)
+        ],
+    }
+    signer = new_signing_key()
+    config = DeviceConfig(site="home", device_id="door1", decision=DecisionConfig(reply_timeout=5.0))
+    agent = Agent(config, keys, signer.public_key(), SubjectDirectory(lambda: listing, labels), Lock("GPIO17", pin_factory="mock"))
+
+    def cloud_answer(payload: bytes) -> bytes:
+        req = decode_probe_request(payload)
+        (ct,) = scan_blocks(evaluation, [block], req.probe)
+        reply = Reply(STATUS_OK, req.site, req.device, req.request_id, req.nonce, 1, time.time() + 10,
+                      (BlockResult(0, occupied, ct),))
+        return seal_reply(reply, signer)
+
+    broker = client = None
+    if args.mqtt:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        from tests.broker import start_broker
+
+        broker = start_broker(Path(tempfile.mkdtemp(prefix="bg-bench-mqtt-")))
+        config.mqtt.host, config.mqtt.port = broker.host, broker.port
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-cloud", protocol=mqtt.MQTTv5)
+
+        def on_message(c, u, msg):
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = msg.properties.CorrelationData
+            c.publish(msg.properties.ResponseTopic, cloud_answer(bytes(msg.payload)), qos=1, properties=props)
+
+        client.on_message = on_message
+        client.connect(broker.host, broker.port)
+        client.subscribe("blindgate/+/+/probe", qos=1)
+        client.loop_start()
+        agent.connect(wait=10)
+        time.sleep(0.3)
+
+    def in_process_probe(embedding):
+        """The agent's `probe` with the MQTT hop replaced by a direct call (same timings)."""
+        t0 = time.perf_counter()
+        ciphertext = encrypt_probe(keys, embedding)
+        t1 = time.perf_counter()
+        req = new_probe_request("home", "door1", keys.key_id, ciphertext, ttl=5.0)
+        agent.pending.add(req)
+        payload = cloud_answer(encode_probe_request(req))
+        t2 = time.perf_counter()
+        verdict = agent.handle_reply(payload, False, embedding)
+        return verdict, {"encrypt_ms": (t1 - t0) * 1000, "round_trip_ms": (t2 - t1) * 1000,
+                         "decrypt_ms": verdict.timings["decrypt_ms"]}
+
+    cap = cv2.VideoCapture(str(FACES / "video" / "short_hamilton_clip.mp4"))
+    frames = []
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        pad = max(0, (480 - rgb.shape[0]) // 2)
+        frames.append(cv2.copyMakeBorder(rgb, pad, 480 - rgb.shape[0] - pad, 0, 0, cv2.BORDER_CONSTANT))
+    cap.release()
+    log(f"{len(frames)} frames of {frames[0].shape[1]}x{frames[0].shape[0]}; timing {args.frames} decisions")
+
+    rows, matches, skipped, i = [], 0, 0, 0
+    while len(rows) < args.frames and i < 20 * len(frames):
+        rgb = frames[i % len(frames)]
+        i += 1
+        start = time.perf_counter()
+        result = analyzer.analyze(rgb)
+        if not hasattr(result, "embedding"):
+            skipped += 1
+            continue
+        if args.mqtt:
+            verdict = agent.probe(result.embedding)
+            stages = dict(verdict.timings)
+        else:
+            verdict, stages = in_process_probe(result.embedding)
+        end = time.perf_counter()
+        stages.update(detect_ms=result.timings.detect_ms + result.timings.quality_ms, embed_ms=result.timings.embed_ms,
+                      total_ms=(end - start) * 1000)
+        matches += verdict.kind == MATCH
+        rows.append(stages)
+
+    if args.mqtt:
+        agent.close()
+        client.loop_stop()
+        client.disconnect()
+        broker.stop()
+    else:
+        agent.lock.close()
+
+    summary = {
+        stage: {"median": round(statistics.median(r[stage] for r in rows), 2), "p95": round(pct([r[stage] for r in rows], 0.95), 2)}
+        for stage in STAGES
+    }
+    print(json.dumps({
+        "benchmark": "device_latency",
+        "mode": "mqtt (local mosquitto, in-thread responder)" if args.mqtt else "in-process scan",
+        "frame": "640x480",
+        "gallery": args.gallery,
+        "decisions": len(rows),
+        "matches": matches,
+        "skipped_frames": skipped,
+        "cpu_count": os.cpu_count(),
+        "stages_ms": summary,
+        "target_median_total_ms": 500,
+        "meets_target": summary["total_ms"]["median"] <= 500,
+    }, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

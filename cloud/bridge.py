@@ -1,0 +1,229 @@
+"""The MQTT bridge: probe requests in over a shared subscription, signed replies out.
+
+The paho client runs its own network thread. `on_message` parses and checks a request there
+(cheap), then hands it to the asyncio loop, where the matcher pool scans it and the reply is
+sealed (signed) and published to the request's ResponseTopic with its CorrelationData, a
+MessageExpiryInterval of `reply_ttl`, QoS 1 and never retained.
+
+Refusals follow docs/api.md: expired requests are dropped and counted; malformed requests,
+unknown sites or key ids get an error reply when a ResponseTopic exists, otherwise they are
+dropped and counted. A ResponseTopic other than the probe topic's own reply topic is never
+published to (dropped, reason ``bad_response_topic``): the cloud replies only where the device
+that the topic names listens. Nothing derived from a probe is ever logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import secrets
+import socket
+import threading
+import time
+from typing import Awaitable, Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from shared.config import CloudConfig
+from shared.mqtt import make_client
+from shared.protocol import (
+    MODE_VERIFY,
+    STATUS_BUSY,
+    STATUS_ERROR,
+    STATUS_OK,
+    ProbeRequest,
+    ProtocolError,
+    Reply,
+    decode_probe_request,
+    error_reply,
+    parse_probe_topic,
+    probe_subscription,
+    reply_topic,
+    seal_reply,
+)
+
+from .matcher import BUSY, MatchError
+
+log = logging.getLogger("blindgate.cloud.bridge")
+
+SiteLookup = Callable[[str], Awaitable[object]]  # async site id -> SiteRecord | None
+
+
+class MQTTBridge:
+    """Subscribes to probes, answers each through the matcher pool. `start()` / `stop()` from asyncio."""
+
+    def __init__(self, config: CloudConfig, pool, signing_key, site_lookup: SiteLookup, metrics) -> None:
+        self.config = config
+        self.prefix = config.mqtt.topic_prefix
+        self.subscription = probe_subscription(config.share_group, self.prefix)
+        self.pool = pool
+        self.signing_key = signing_key
+        self.site_lookup = site_lookup
+        self.metrics = metrics
+        self.reply_ttl = float(config.reply_ttl)
+        self.connected = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+        self._tasks: set[asyncio.Future] = set()
+        client_id = f"blindgate-cloud-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.client = make_client(config.mqtt, client_id)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_message = self._on_message
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, wait: float = 5.0) -> None:
+        """Connect (retrying in the background) and wait up to `wait` s for the first subscription."""
+        self._loop = asyncio.get_running_loop()
+        mqtt_config = self.config.mqtt
+        self.client.connect_async(mqtt_config.host, mqtt_config.port, keepalive=mqtt_config.keepalive)
+        self.client.loop_start()
+        if not await self._loop.run_in_executor(None, self.connected.wait, wait):
+            log.warning(
+                "MQTT broker not reachable yet; retrying in the background",
+                extra={"host": mqtt_config.host, "port": mqtt_config.port},
+            )
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking probes (unsubscribe, answer late arrivals busy), finish in-flight ones, disconnect."""
+        self._closing = True
+        if self.connected.is_set():
+            self.client.unsubscribe(self.subscription)
+        pending = [asyncio.wrap_future(t) for t in list(self._tasks) if not t.done()]
+        if pending:
+            log.info("finishing in-flight probes", extra={"count": len(pending)})
+            await asyncio.wait(pending, timeout=timeout)
+        self.client.disconnect()
+        await asyncio.get_running_loop().run_in_executor(None, self.client.loop_stop)
+        log.info("MQTT bridge stopped")
+
+    # -- paho callbacks (network thread) ----------------------------------------------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("MQTT connection refused", extra={"reason": str(reason_code)})
+            return
+        if not self._closing:
+            client.subscribe(self.subscription, qos=1)  # again after every reconnect
+        self.connected.set()
+        log.info("MQTT connected", extra={"subscription": self.subscription})
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        log.warning(
+            "cannot reach the MQTT broker; retrying",
+            extra={"host": self.config.mqtt.host, "port": self.config.mqtt.port},
+        )
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        if not self._closing:
+            log.warning("MQTT disconnected; reconnecting", extra={"reason": str(reason_code)})
+
+    def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
+        self.metrics.inc("blindgate_probes_received_total")
+        props = message.properties
+        response_topic = getattr(props, "ResponseTopic", None) if props else None
+        correlation = getattr(props, "CorrelationData", None) if props else None
+        try:
+            site, device = parse_probe_topic(message.topic, self.prefix)
+        except ProtocolError:
+            self._drop("bad_topic")
+            return
+        if response_topic is not None and response_topic != reply_topic(site, device, self.prefix):
+            self._drop("bad_response_topic")
+            return
+        fallback = {"site": site, "device": device, "request_id": correlation.hex() if correlation else "", "nonce": ""}
+        try:
+            req = decode_probe_request(message.payload)
+        except ProtocolError as exc:
+            self._refuse(response_topic, correlation, fallback, "malformed", f"malformed probe request: {exc}")
+            return
+        if (req.site, req.device) != (site, device):
+            self._refuse(response_topic, correlation, fallback, "topic_mismatch",
+                         "the request's site/device differ from its topic's")
+            return
+        if correlation is not None and correlation != bytes.fromhex(req.request_id):
+            self._refuse(response_topic, correlation, fallback, "correlation_mismatch",
+                         "CorrelationData differs from the request id")
+            return
+        if req.expired():
+            self._drop("expired")
+            return
+        if self._closing:
+            self._refuse(response_topic, correlation, req, "shutting_down", "the cloud is shutting down; retry", STATUS_BUSY)
+            return
+        if response_topic is None:
+            self._drop("no_response_topic")
+            return
+        future = asyncio.run_coroutine_threadsafe(self._answer(req, response_topic, correlation), self._loop)
+        self._tasks.add(future)
+        future.add_done_callback(self._tasks.discard)
+
+    # -- answering ----------------------------------------------------------------------------------
+
+    def _drop(self, reason: str) -> None:
+        self.metrics.inc("blindgate_probes_dropped_total", reason=reason)
+        log.debug("probe dropped", extra={"reason": reason})
+
+    def _refuse(self, response_topic, correlation, req_or_fields, reason: str, message: str, status: str = STATUS_ERROR) -> None:
+        """An error (or busy) reply when there is somewhere to send it, else a counted drop."""
+        if response_topic is None:
+            self._drop(reason)
+            return
+        self.metrics.inc("blindgate_probes_refused_total", reason=reason)
+        self._publish(response_topic, correlation, error_reply(req_or_fields, status, message, self.reply_ttl))
+
+    async def _answer(self, req: ProbeRequest, response_topic: str, correlation: bytes | None) -> None:
+        try:
+            record = await self.site_lookup(req.site)
+            if record is None:
+                reply = error_reply(req, STATUS_ERROR, f"site {req.site!r} is not registered with this cloud", self.reply_ttl)
+            elif record.key_id != req.key_id:
+                reply = error_reply(req, STATUS_ERROR, f"key id {req.key_id!r} is not this site's registered key", self.reply_ttl)
+            else:
+                if req.mode == MODE_VERIFY:
+                    version, results = await self.pool.verify(req.site, req.key_id, req.probe, req.subject, record.version)
+                else:
+                    version, results = await self.pool.identify(req.site, req.key_id, req.probe, record.version)
+                reply = Reply(
+                    status=STATUS_OK,
+                    site=req.site,
+                    device=req.device,
+                    request_id=req.request_id,
+                    nonce=req.nonce,
+                    gallery_version=version,
+                    expires_at=time.time() + self.reply_ttl,
+                    results=tuple(results),
+                )
+        except MatchError as exc:
+            if exc.kind == BUSY:
+                self.metrics.inc("blindgate_probes_busy_total")
+            status = STATUS_BUSY if exc.kind == BUSY else STATUS_ERROR
+            reply = error_reply(req, status, exc.message, self.reply_ttl)
+        except Exception:
+            log.exception("probe failed", extra={"site": req.site, "device": req.device, "request_id": req.request_id})
+            reply = error_reply(req, STATUS_ERROR, "internal error in the cloud", self.reply_ttl)
+        self._publish(response_topic, correlation if correlation is not None else bytes.fromhex(req.request_id), reply)
+        log.debug(
+            "probe answered",
+            extra={"site": req.site, "device": req.device, "request_id": req.request_id, "status": reply.status},
+        )
+
+    def _publish(self, topic: str, correlation: bytes | None, reply: Reply) -> None:
+        payload = seal_reply(reply, self.signing_key)
+        props = Properties(PacketTypes.PUBLISH)
+        if correlation:
+            props.CorrelationData = correlation
+        props.MessageExpiryInterval = max(1, math.ceil(self.reply_ttl))
+        info = self.client.publish(topic, payload, qos=1, retain=False, properties=props)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            self.metrics.inc("blindgate_probes_dropped_total", reason="publish_failed")
+            log.warning("reply not published", extra={"rc": info.rc, "request_id": reply.request_id})
+            return
+        self.metrics.inc("blindgate_probes_answered_total", status=reply.status)

@@ -1,0 +1,386 @@
+"""The matcher pool: encrypted scans, verifications and enrollment work in worker processes.
+
+TenSEAL holds the GIL and SEAL is single-threaded, so every CPU-heavy engine call runs in a
+process of a `ProcessPoolExecutor` started with the "spawn" context (never fork: the service
+has threads by then). Each worker opens the gallery store's SQLite file read-only and keeps
+each site's evaluation keys and gallery blocks in memory; before every request it reads the
+site's gallery version (one indexed row) and reloads the site when the store has moved on, so
+a worker never scans a gallery older than the version the request says it must be at least.
+
+Enrollment and removal compute the new block in a worker from a fresh copy of the stored block
+(the worker's scan cache is not touched) and hand the serialized block back; the service then
+commits it through `GalleryStore.commit_enrollment` / `commit_removal`. A worker never writes.
+
+The pool is bounded: when `queue_size` probes are in flight (waiting or running), `identify`
+and `verify` fail at once with `MatchError("busy")`, which the bridge turns into a busy reply.
+
+Used from asyncio:
+
+    pool = MatcherPool(db_path, workers=2, queue_size=8)
+    await pool.start()
+    version, results = await pool.identify(site, key_id, probe, min_version)
+    await pool.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import sqlite3
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("blindgate.cloud.matcher")
+
+BUSY = "busy"
+BAD_REQUEST = "bad_request"  # malformed probe or enrollment: the device's fault
+UNKNOWN_SITE = "unknown_site"
+WRONG_KEY = "wrong_key"
+UNKNOWN_SUBJECT = "unknown_subject"
+UNAVAILABLE = "unavailable"  # shutting down, or the store cannot be read
+
+
+class MatchError(Exception):
+    """A request the matcher refuses; `kind` is one of the constants above, `message` says why.
+
+    Picklable (it crosses the process boundary) and safe to send to a device: it never holds
+    probe bytes or anything derived from them.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(kind, message)
+        self.kind = kind
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+
+# --- worker side ---------------------------------------------------------------------------------
+# Module globals of a worker process; the main process never touches them.
+
+
+@dataclass
+class _SiteCache:
+    version: int
+    key_id: str
+    keys: object  # EvaluationKeys
+    blocks: list = field(default_factory=list)  # list[Block]
+
+
+_db_path: str | None = None
+_db: sqlite3.Connection | None = None
+_sites: dict[str, _SiteCache] = {}
+_keys: dict[str, object] = {}  # key_id -> EvaluationKeys (parsing a bundle costs tens of ms)
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit when the service process is gone (killed with -9, it cannot shut the pool down)."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
+def _init_worker(db_path: str, log_level: str | None, log_format: str) -> None:
+    global _db_path
+    _db_path = db_path
+    if log_level:
+        from shared.logs import setup_logging
+
+        setup_logging(log_level, log_format)
+    import threading
+
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True, name="parent-watch").start()
+    # Build the CKKS context once, before the first request needs it.
+    from shared.engine.context import Params, context_for
+
+    context_for(Params())
+
+
+def _warm() -> int:
+    return os.getpid()
+
+
+def _conn() -> sqlite3.Connection:
+    global _db
+    if _db is None:
+        uri = Path(_db_path).resolve().as_uri() + "?mode=ro"
+        try:
+            _db = sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise MatchError(UNAVAILABLE, f"gallery store cannot be opened: {exc}") from None
+    return _db
+
+
+class _Snapshot:
+    """One read transaction on the store: the reads inside it see a single consistent state."""
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db = _conn()
+        try:
+            self.db.execute("BEGIN")
+        except sqlite3.Error as exc:
+            raise MatchError(UNAVAILABLE, f"gallery store cannot be read: {exc}") from None
+        return self.db
+
+    def __exit__(self, *exc) -> None:
+        if self.db.in_transaction:
+            self.db.execute("COMMIT")
+
+
+def _evaluation_keys(db: sqlite3.Connection, site: str, key_id: str):
+    from shared.engine import EvaluationKeys
+
+    keys = _keys.get(key_id)
+    if keys is None:
+        (bundle,) = db.execute("SELECT bundle FROM site WHERE site_id = ?", (site,)).fetchone()
+        keys = EvaluationKeys.from_bytes(bytes(bundle), expected_key_id=key_id)
+        _keys[key_id] = keys
+    return keys
+
+
+def _site(site: str, key_id: str | None, min_version: int) -> _SiteCache:
+    """The site's gallery at the store's current version (reloaded if this worker is behind)."""
+    from shared.engine import Block
+
+    with _Snapshot() as db:
+        row = db.execute("SELECT key_id, version FROM site WHERE site_id = ?", (site,)).fetchone()
+        if row is None:
+            _sites.pop(site, None)
+            raise MatchError(UNKNOWN_SITE, f"site {site!r} is not registered with this cloud")
+        stored_key, version = row
+        if key_id is not None and key_id != stored_key:
+            raise MatchError(WRONG_KEY, f"key id {key_id!r} is not site {site!r}'s registered key id")
+        if version < min_version:
+            raise MatchError(UNAVAILABLE, f"gallery store is at version {version}, request needs {min_version}")
+        cached = _sites.get(site)
+        if cached is not None and cached.version == version and cached.key_id == stored_key:
+            return cached
+        started = time.perf_counter()
+        keys = _evaluation_keys(db, site, stored_key)
+        rows = db.execute("SELECT idx, data FROM block WHERE site_id = ? ORDER BY idx", (site,)).fetchall()
+        blocks = [Block.from_bytes(keys, bytes(data)) for _, data in rows]
+    cached = _SiteCache(version=version, key_id=stored_key, keys=keys, blocks=blocks)
+    _sites[site] = cached
+    log.info(
+        "site loaded",
+        extra={"site": site, "gallery_version": version, "blocks": len(blocks), "seconds": round(time.perf_counter() - started, 3)},
+    )
+    return cached
+
+
+def _identify(site: str, key_id: str, probe: bytes, min_version: int):
+    from shared.engine import EngineError, scan_blocks
+    from shared.protocol import BlockResult
+
+    state = _site(site, key_id, min_version)
+    try:
+        outputs = scan_blocks(state.keys, state.blocks, probe)
+    except EngineError as exc:
+        raise MatchError(BAD_REQUEST, str(exc)) from None
+    results = [
+        BlockResult(block=index, occupied=np.packbits(block.occupied).tobytes(), ciphertext=out)
+        for index, (block, out) in enumerate(zip(state.blocks, outputs))
+        if out is not None
+    ]
+    return state.version, results
+
+
+def _verify(site: str, key_id: str, probe: bytes, subject: str, min_version: int):
+    from shared.engine import EngineError, verify
+    from shared.protocol import BlockResult
+
+    state = _site(site, key_id, min_version)
+    with _Snapshot() as db:
+        row = db.execute(
+            "SELECT block, slot, enrollment FROM subject WHERE site_id = ? AND subject_id = ?", (site, subject)
+        ).fetchone()
+    if row is None:
+        raise MatchError(UNKNOWN_SUBJECT, f"site {site!r} has no subject {subject!r}")
+    block, slot, enrollment = row
+    try:
+        result = verify(state.keys, probe, bytes(enrollment))
+    except EngineError as exc:
+        raise MatchError(BAD_REQUEST, str(exc)) from None
+    occupied = np.zeros(state.keys.params.slots, dtype=bool)
+    occupied[slot] = True
+    return state.version, [BlockResult(block=block, occupied=np.packbits(occupied).tobytes(), ciphertext=result)]
+
+
+def _stored_block(site: str, index: int, keys):
+    from shared.engine import Block
+
+    with _Snapshot() as db:
+        row = db.execute("SELECT data FROM block WHERE site_id = ? AND idx = ?", (site, index)).fetchone()
+    return Block(keys) if row is None else Block.from_bytes(keys, bytes(row[0]))
+
+
+def _enroll(site: str, enrollment: bytes, min_version: int):
+    """Add one template to a copy of the block holding the first free slot; returns (base version, ref, block bytes)."""
+    from shared.engine import EngineError, Gallery
+
+    state = _site(site, None, min_version)
+    gallery = Gallery(state.keys)
+    try:
+        ct = gallery.load_enrollment(enrollment)  # validate before any work
+    except EngineError as exc:
+        raise MatchError(BAD_REQUEST, str(exc)) from None
+    gallery.blocks = list(state.blocks)
+    ref = gallery.next_slot()
+    block = _stored_block(site, ref.block, state.keys)
+    block.add(ct, ref.slot)
+    return state.version, ref, block.to_bytes()
+
+
+def _remove(site: str, subject: str, min_version: int):
+    """Subtract a subject's template from a copy of its block; returns (base version, block index, block bytes)."""
+    from shared.engine import EngineError, Gallery
+
+    state = _site(site, None, min_version)
+    with _Snapshot() as db:
+        row = db.execute(
+            "SELECT block, slot, enrollment FROM subject WHERE site_id = ? AND subject_id = ?", (site, subject)
+        ).fetchone()
+    if row is None:
+        raise MatchError(UNKNOWN_SUBJECT, f"site {site!r} has no subject {subject!r}")
+    index, slot, enrollment = row
+    gallery = Gallery(state.keys)
+    block = _stored_block(site, index, state.keys)
+    try:
+        block.remove(gallery.load_enrollment(bytes(enrollment)), slot)
+    except EngineError as exc:
+        raise MatchError(UNAVAILABLE, f"stored gallery is inconsistent: {exc}") from None
+    return state.version, index, block.to_bytes()
+
+
+def _validate_bundle(bundle: bytes) -> str:
+    """Parse and check an evaluation bundle (refuses secret keys); returns its key id."""
+    from shared.engine import EngineError, EvaluationKeys
+
+    try:
+        keys = EvaluationKeys.from_bytes(bundle)
+    except EngineError as exc:
+        raise MatchError(BAD_REQUEST, str(exc)) from None
+    _keys[keys.key_id] = keys
+    return keys.key_id
+
+
+# --- main-process side -------------------------------------------------------------------------
+
+
+class MatcherPool:
+    """Worker processes that scan; bounded, awaited from asyncio."""
+
+    def __init__(
+        self,
+        db_path: str | Path,
+        workers: int = 1,
+        queue_size: int = 8,
+        metrics=None,
+        log_level: str | None = None,
+        log_format: str = "json",
+    ) -> None:
+        self.log_settings = (log_level, log_format)
+        self.db_path = str(db_path)
+        self.workers = max(1, int(workers))
+        self.queue_size = max(1, int(queue_size))
+        self.metrics = metrics
+        self._executor: ProcessPoolExecutor | None = None
+        self._inflight = 0
+        self._closing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def inflight(self) -> int:
+        """Probes waiting for or being scanned by a worker."""
+        return self._inflight
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self.db_path, *self.log_settings),
+        )
+
+    async def start(self) -> None:
+        """Start the workers and wait until each has built its CKKS context."""
+        self._executor = self._new_executor()
+        loop = asyncio.get_running_loop()
+        pids = await asyncio.gather(*(loop.run_in_executor(self._executor, _warm) for _ in range(self.workers)))
+        log.info("matcher workers ready", extra={"workers": self.workers, "pids": sorted(set(pids))})
+
+    async def _run(self, fn, *args):
+        if self._executor is None or self._closing:
+            raise MatchError(UNAVAILABLE, "the matcher is shutting down")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory): replace the pool so later requests work.
+            log.error("a matcher worker died; restarting the pool")
+            broken, self._executor = self._executor, (None if self._closing else self._new_executor())
+            broken.shutdown(wait=False, cancel_futures=True)
+            raise MatchError(UNAVAILABLE, "a matcher worker failed; retry") from None
+
+    async def _probe(self, fn, *args):
+        if self._closing:
+            raise MatchError(BUSY, "the cloud is shutting down")
+        if self._inflight >= self.queue_size:
+            raise MatchError(BUSY, f"{self._inflight} probes are already waiting for a matcher")
+        self._inflight += 1
+        self._idle.clear()
+        started = time.perf_counter()
+        try:
+            return await self._run(fn, *args)
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+            if self.metrics is not None:
+                self.metrics.observe_scan(time.perf_counter() - started)
+
+    async def identify(self, site: str, key_id: str, probe: bytes, min_version: int = 0):
+        """1:N: (gallery version, [BlockResult per non-empty block]). MatchError on refusal."""
+        return await self._probe(_identify, site, key_id, bytes(probe), int(min_version))
+
+    async def verify(self, site: str, key_id: str, probe: bytes, subject: str, min_version: int = 0):
+        """1:1 against one subject: (gallery version, [one BlockResult]). MatchError on refusal."""
+        return await self._probe(_verify, site, key_id, bytes(probe), subject, int(min_version))
+
+    async def prepare_enrollment(self, site: str, enrollment: bytes, min_version: int):
+        """(base version, SlotRef, serialized block) for one new template; not yet committed."""
+        return await self._run(_enroll, site, bytes(enrollment), int(min_version))
+
+    async def prepare_removal(self, site: str, subject: str, min_version: int):
+        """(base version, block index, serialized block) without the subject; not yet committed."""
+        return await self._run(_remove, site, subject, int(min_version))
+
+    async def validate_bundle(self, bundle: bytes) -> str:
+        """Key id of a valid evaluation bundle; MatchError(BAD_REQUEST) otherwise (parsed in a worker)."""
+        return await self._run(_validate_bundle, bytes(bundle))
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new probes and wait up to `timeout` for those in flight; True if all finished."""
+        self._closing = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def close(self) -> None:
+        self._closing = True
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, lambda: executor.shutdown(wait=True, cancel_futures=True))

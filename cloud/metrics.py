@@ -1,0 +1,122 @@
+"""Service metrics and their Prometheus text exposition (hand-written, no client library).
+
+Counters and histograms live in the event-loop process; callers on other threads (the MQTT
+network thread) update them under a lock. Nothing here ever holds a probe, a ciphertext or any
+value derived from one: only counts and durations.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+# Scan latency buckets in seconds (a scan is ~70 ms per 4096-template block on one core).
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+
+
+class Histogram:
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.buckets = buckets
+        self.counts = [0] * len(buckets)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.count += 1
+        self.sum += value
+        for i, bound in enumerate(self.buckets):
+            if value <= bound:
+                self.counts[i] += 1
+
+
+def _labels(labels: dict[str, str]) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+    return "{" + inner + "}"
+
+
+def _escape(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class Metrics:
+    """The service's counters; `render()` gives the Prometheus exposition text."""
+
+    HELP = {
+        "blindgate_probes_received_total": ("counter", "Probe requests received over MQTT."),
+        "blindgate_probes_answered_total": ("counter", "Replies published, by status (ok, busy, error)."),
+        "blindgate_probes_dropped_total": ("counter", "Probe requests dropped without a reply, by reason."),
+        "blindgate_probes_refused_total": ("counter", "Probe requests answered with an error or busy before a scan, by reason."),
+        "blindgate_probes_busy_total": ("counter", "Probe requests refused because the matcher queue was full."),
+        "blindgate_enrollments_total": ("counter", "Committed enrollments."),
+        "blindgate_removals_total": ("counter", "Committed subject removals."),
+        "blindgate_sites_registered_total": ("counter", "Sites registered by this process."),
+        "blindgate_http_errors_total": ("counter", "HTTP error answers, by status."),
+    }
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counters: dict[str, dict[tuple, float]] = defaultdict(lambda: defaultdict(float))
+        self.scan_seconds = Histogram()
+        self.enroll_seconds = Histogram()
+        # Gauges are read at render time from these callables (set by the app).
+        self.gauges: dict[str, tuple[str, callable]] = {}
+
+    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            self._counters[name][key] += amount
+
+    def get(self, name: str, **labels: str) -> float:
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            return self._counters.get(name, {}).get(key, 0.0)
+
+    def observe_scan(self, seconds: float) -> None:
+        with self._lock:
+            self.scan_seconds.observe(seconds)
+
+    def observe_enroll(self, seconds: float) -> None:
+        with self._lock:
+            self.enroll_seconds.observe(seconds)
+
+    def gauge(self, name: str, help_text: str, read) -> None:
+        """Register a gauge whose value `read()` returns at scrape time (a number or {labels: value})."""
+        self.gauges[name] = (help_text, read)
+
+    def render(self) -> str:
+        lines: list[str] = []
+        with self._lock:
+            names = sorted(set(self.HELP) | set(self._counters))
+            for name in names:
+                kind, help_text = self.HELP.get(name, ("counter", name))
+                lines.append(f"# HELP {name} {help_text}")
+                lines.append(f"# TYPE {name} {kind}")
+                series = self._counters.get(name) or {(): 0.0}
+                for key, value in sorted(series.items()):
+                    lines.append(f"{name}{_labels(dict(key))} {value:g}")
+            for name, help_text, hist in (
+                ("blindgate_scan_seconds", "Matcher time per probe (queue wait included).", self.scan_seconds),
+                ("blindgate_enroll_seconds", "Enrollment time (engine work and commit).", self.enroll_seconds),
+            ):
+                lines.append(f"# HELP {name} {help_text}")
+                lines.append(f"# TYPE {name} histogram")
+                for bound, count in zip(hist.buckets, hist.counts):
+                    lines.append(f'{name}_bucket{{le="{bound:g}"}} {count}')
+                lines.append(f'{name}_bucket{{le="+Inf"}} {hist.count}')
+                lines.append(f"{name}_sum {hist.sum:.6f}")
+                lines.append(f"{name}_count {hist.count}")
+        for name, (help_text, read) in sorted(self.gauges.items()):
+            try:
+                value = read()
+            except Exception:  # a gauge must never break the scrape
+                continue
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} gauge")
+            if isinstance(value, dict):
+                for labels, v in sorted(value.items()):
+                    lines.append(f"{name}{_labels(dict(labels))} {v:g}")
+            else:
+                lines.append(f"{name} {value:g}")
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,292 @@
+"""`blindgate-device`: provision, enroll and run a door device.
+
+    blindgate-device [--config device.toml] init [--provision-token T]
+    blindgate-device enroll NAME IMAGE...          # or: enroll NAME --camera [--frames N]
+    blindgate-device list
+    blindgate-device remove SUBJECT                # subject id, or a name enrolled once
+    blindgate-device status
+    blindgate-device run
+
+Configuration: --config TOML, then BLINDGATE_* environment variables (shared.config).
+
+Enrollment from several images or frames: every image must show one good face (size and
+sharpness checks of FaceAnalyzer); the embeddings must agree (each within the match threshold
+of their mean, else the images are refused as not one person) and their MEAN is enrolled as
+one template. Averaging several views gives a template closer to the person's typical face
+than any single photo, and it costs one gallery slot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import signal
+import sys
+
+import numpy as np
+
+from shared.config import ConfigError, DeviceConfig, load_config
+from shared.engine import THRESHOLD, EngineError, encrypt_enrollment, generate_site_keys
+from shared.logs import setup_logging
+from shared.protocol import ProtocolError, public_key_from_text
+
+from .cloud_client import CloudClient, CloudError
+from .labels import LabelCipher, LabelError
+from .state import CloudLink, DeviceState, StateError
+
+log = logging.getLogger("blindgate.device.cli")
+
+
+class UsageError(RuntimeError):
+    pass
+
+
+def _client(config: DeviceConfig, state: DeviceState) -> CloudClient:
+    link = state.load_cloud()
+    return CloudClient(config.cloud_url, config.site, token=link.token)
+
+
+# -- init --------------------------------------------------------------------------------------
+
+
+def cmd_init(config: DeviceConfig, args) -> int:
+    state = DeviceState(config.state_dir)
+    state.ensure_dir()
+    if state.cloud_path.exists():
+        raise UsageError(f"already registered ({state.cloud_path}); remove the state directory to start over")
+    if state.keys_path.exists():
+        keys = state.load_keys()
+        print(f"using existing site keys {state.keys_path} (key id {keys.key_id})")
+    else:
+        keys = generate_site_keys()
+        state.save_keys(keys)
+        print(f"created site keys {state.keys_path} (key id {keys.key_id})")
+    if not (state.dir / "label.key").exists():
+        LabelCipher.create_key(state.dir)
+        print(f"created label key {state.dir / 'label.key'}")
+    client = CloudClient(config.cloud_url, config.site)
+    token = args.provision_token or os.environ.get("BLINDGATE_PROVISION_TOKEN") or None
+    answer = client.register_site(keys.evaluation_bytes, provision_token=token)
+    if answer["key_id"] != keys.key_id:
+        raise UsageError(f"cloud registered key {answer['key_id']}, expected {keys.key_id}")
+    public_key_from_text(answer["cloud_public_key"])  # validate before storing
+    if args.cloud_key and args.cloud_key.strip().lower() != answer["cloud_public_key"].lower():
+        raise UsageError("the cloud's public key differs from --cloud-key: refusing to trust it")
+    state.save_cloud(CloudLink(config.site, keys.key_id, answer["token"], answer["cloud_public_key"], config.cloud_url))
+    print(f"registered site {config.site!r} with {config.cloud_url}; cloud key {answer['cloud_public_key']}")
+    return 0
+
+
+# -- enroll ------------------------------------------------------------------------------------
+
+
+def _analyzer(config: DeviceConfig):
+    from .agent import face_config
+    from .faces import FaceAnalyzer
+
+    return FaceAnalyzer(face_config(config))
+
+
+def collect_embeddings(analyzer, images) -> list[np.ndarray]:
+    """Embeddings of good faces; `images` yields (name, rgb). Poor ones are reported and skipped."""
+    found = []
+    for name, rgb in images:
+        result = analyzer.analyze(rgb)
+        if hasattr(result, "embedding"):
+            found.append(result.embedding)
+        else:
+            print(f"skipped {name}: {result.reason}", file=sys.stderr)
+    return found
+
+
+def template_from(embeddings: list[np.ndarray], threshold: float = THRESHOLD) -> np.ndarray:
+    """The mean embedding, after checking every input is within `threshold` of it."""
+    if not embeddings:
+        raise UsageError("no usable face: need a sharp, frontal face of at least the minimum size")
+    stack = np.stack(embeddings)
+    mean = stack.mean(axis=0)
+    spread = np.linalg.norm(stack - mean, axis=1)
+    if float(spread.max()) > threshold:
+        raise UsageError("the images do not look like one person: enroll them separately")
+    return mean
+
+
+def cmd_enroll(config: DeviceConfig, args) -> int:
+    state = DeviceState(config.state_dir)
+    keys = state.load_keys()
+    labels = LabelCipher.load(state.dir, config.site)
+    analyzer = _analyzer(config)
+    if args.camera:
+        from .agent import open_configured_camera
+
+        def frames():
+            with open_configured_camera(config) as camera:
+                wanted, seen = args.frames, 0
+                for frame in camera:
+                    seen += 1
+                    result = analyzer.analyze(frame.rgb)
+                    if hasattr(result, "embedding"):
+                        yield result.embedding
+                        wanted -= 1
+                        if wanted == 0:
+                            return
+                    if seen >= args.frames * 20:
+                        return
+
+        embeddings = list(frames())
+        if len(embeddings) < args.frames:
+            raise UsageError(f"only {len(embeddings)} of {args.frames} good frames: look at the camera, better light")
+    else:
+        if not args.images:
+            raise UsageError("give one or more IMAGE files, or --camera")
+        from .faces import load_image
+
+        embeddings = collect_embeddings(analyzer, ((p, load_image(p)) for p in args.images))
+    template = template_from(embeddings, config.decision.threshold)
+    enrollment = encrypt_enrollment(keys, template)
+    answer = _client(config, state).enroll(enrollment, labels.encrypt(args.name), keys.key_id)
+    print(json.dumps({"subject": answer.get("subject"), "name": args.name, "faces": len(embeddings),
+                      "block": answer.get("block"), "slot": answer.get("slot"),
+                      "gallery_version": answer.get("gallery_version")}))
+    return 0
+
+
+# -- list / remove / status ----------------------------------------------------------------------
+
+
+def _subjects(config: DeviceConfig, state: DeviceState) -> tuple[int, list[dict]]:
+    labels = LabelCipher.load(state.dir, config.site)
+    answer = _client(config, state).subjects()
+    rows = []
+    for item in answer.get("subjects", []):
+        try:
+            name = labels.decrypt(base64.b64decode(item["label"]))
+        except (LabelError, ValueError, TypeError):
+            name = None
+        rows.append({"subject": item["subject"], "name": name, "block": item.get("block"),
+                     "slot": item.get("slot"), "created": item.get("created")})
+    return int(answer.get("gallery_version", 0)), rows
+
+
+def cmd_list(config: DeviceConfig, args) -> int:
+    version, rows = _subjects(config, DeviceState(config.state_dir))
+    if args.json:
+        print(json.dumps({"gallery_version": version, "subjects": rows}))
+        return 0
+    print(f"gallery version {version}, {len(rows)} subject(s)")
+    for r in rows:
+        print(f"  {r['subject']}  {r['name'] if r['name'] is not None else '<unreadable label>'}  created {r['created']}")
+    return 0
+
+
+def cmd_remove(config: DeviceConfig, args) -> int:
+    state = DeviceState(config.state_dir)
+    _, rows = _subjects(config, state)
+    ids = [r["subject"] for r in rows if r["subject"] == args.subject]
+    if not ids:
+        ids = [r["subject"] for r in rows if r["name"] == args.subject]
+        if len(ids) > 1:
+            raise UsageError(f"{len(ids)} subjects are named {args.subject!r}: give the subject id ({', '.join(ids)})")
+    if not ids:
+        raise UsageError(f"no subject {args.subject!r} (see `blindgate-device list`)")
+    answer = _client(config, state).remove(ids[0])
+    print(f"removed {ids[0]}; gallery version {answer.get('gallery_version')}")
+    return 0
+
+
+def cmd_status(config: DeviceConfig, args) -> int:
+    state = DeviceState(config.state_dir)
+    out: dict = {"site": config.site, "device": config.device_id, "state_dir": str(state.dir)}
+    try:
+        keys = state.load_keys()
+        out["key_id"] = keys.key_id
+        link = state.load_cloud()
+        out["registered"] = True
+        out["cloud_url"] = config.cloud_url
+        try:
+            out["cloud"] = _client(config, state).stats()
+        except CloudError as exc:
+            out["cloud_error"] = str(exc)
+    except StateError as exc:
+        out["registered"] = False
+        out["problem"] = str(exc)
+    print(json.dumps(out, indent=2))
+    return 0 if out.get("registered") and "cloud_error" not in out else 1
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+
+def cmd_run(config: DeviceConfig, args) -> int:
+    from .agent import Agent, open_configured_camera
+    from .notify import Notifier
+
+    agent = Agent.from_config(config)
+    notifier = Notifier()
+
+    def on_signal(signum, frame):
+        log.info("signal %s: stopping", signum)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        agent.connect()
+        with open_configured_camera(config) as camera:
+            agent.run(camera, notifier=notifier, max_frames=args.max_frames)
+    finally:
+        agent.close()
+        timings = list(agent.timings)
+        if timings:
+            log.info("frames judged", extra={"frames": len(timings), "counters": agent.counters})
+    return 0
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="blindgate-device", description="blindgate door device")
+    parser.add_argument("--config", help="TOML config file (BLINDGATE_* environment variables override it)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("init", help="create site keys and label key, register with the cloud")
+    p.add_argument("--provision-token", help="bearer token the cloud requires to register a site")
+    p.add_argument("--cloud-key", help="expected cloud public key (64 hex), to pin it at provisioning")
+    p = sub.add_parser("enroll", help="enroll a person from images or the camera")
+    p.add_argument("name")
+    p.add_argument("images", nargs="*")
+    p.add_argument("--camera", action="store_true", help="use frames from the configured camera")
+    p.add_argument("--frames", type=int, default=5, help="good camera frames to average (default 5)")
+    p = sub.add_parser("list", help="list enrolled subjects (names decrypted here)")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("remove", help="remove a subject by id (or by a unique name)")
+    p.add_argument("subject")
+    sub.add_parser("status", help="local state and cloud stats")
+    p = sub.add_parser("run", help="run the door agent")
+    p.add_argument("--max-frames", type=int, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+COMMANDS = {"init": cmd_init, "enroll": cmd_enroll, "list": cmd_list, "remove": cmd_remove, "status": cmd_status, "run": cmd_run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(DeviceConfig, args.config)
+    except ConfigError as exc:
+        print(f"blindgate-device: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level, config.log_format)
+    try:
+        return COMMANDS[args.command](config, args)
+    except (UsageError, CloudError, StateError, LabelError, EngineError, ProtocolError, FileNotFoundError, ValueError) as exc:
+        print(f"blindgate-device {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

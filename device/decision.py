@@ -1,0 +1,162 @@
+"""The door's decision rules: pure logic, no I/O, a clock passed in.
+
+Every frame the agent gets a verdict about it (`observe_match`, `observe_unknown`,
+`observe_doubt`) and calls `tick()` regularly; the `DecisionEngine` says when to unlock, when to
+lock again, and which event (if any) to publish.
+
+Rules:
+- Open only after `frames_required` consecutive frames matched the SAME subject, the first of
+  them no older than `window_s`. Anything else in between (another subject, an unknown face, a
+  doubtful frame: timeout, bad/stale reply, error, distance just over the threshold) restarts
+  the count. Frames without a usable face are not verdicts and do not break the count; the
+  window bounds how old the first agreeing frame may be.
+- Hold open `open_seconds`, then lock (`tick`). While open, verdicts are ignored (no re-opening
+  or extension).
+- Cooldown: for `cooldown_s` after the door relocks, verdicts are ignored and nothing counts.
+- Failed attempt: a confident non-match — `frames_required` consecutive unknown-face frames
+  within `window_s`, exactly as an opening needs. One failed attempt is counted per such
+  run; after one, unknown frames count toward the next only after `cooldown_s` (a stranger
+  standing at the door is one attempt per cooldown, not ten per second). Timeouts, errors and
+  doubtful frames are NOT failed attempts: they keep the door locked but cannot lock out the
+  residents because the network is slow.
+- Lockout: after `lockout_failures` failed attempts (each within `FAILURE_MEMORY_S` of the
+  latest, reset by an opening), nothing opens for `lockout_s` (at least 30 s). A recognised
+  subject during a lockout produces a "denied" event (at most one per `cooldown_s`).
+- Fail secure: only a completed run of matches opens; every other path keeps the door locked.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from shared.config import DecisionConfig
+
+# Failed attempts older than this (relative to the newest) are forgotten.
+FAILURE_MEMORY_S = 300.0
+# The system notes (Android class 1): lockout for at least 30 s after 5 failures.
+MIN_LOCKOUT_S = 30.0
+
+EVENT_RECOGNIZED = "recognized"
+EVENT_UNKNOWN = "unknown"
+EVENT_DENIED = "denied"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one verdict changed: an event to publish (or None) and whether to unlock now."""
+
+    event: str | None = None
+    subject: str | None = None
+    unlock: bool = False
+    reason: str = ""
+
+
+class DecisionEngine:
+    def __init__(self, config: DecisionConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config or DecisionConfig()
+        if self.config.frames_required < 1:
+            raise ValueError("decision.frames_required must be at least 1")
+        if self.config.lockout_failures < 1:
+            raise ValueError("decision.lockout_failures must be at least 1")
+        self.clock = clock
+        self.lockout_s = max(float(self.config.lockout_s), MIN_LOCKOUT_S)
+        self._run_subject: str | None = None  # subject of the current run; "" = unknown-face run
+        self._run_times: list[float] = []
+        self._open_until: float | None = None
+        self._cooldown_until = float("-inf")
+        self._failures: list[float] = []
+        self._failure_quiet_until = float("-inf")  # one failed attempt per cooldown
+        self._lockout_until = float("-inf")
+        self._denied_quiet_until = float("-inf")
+
+    # -- state --------------------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._open_until is not None
+
+    def locked_out(self, now: float | None = None) -> bool:
+        now = self.clock() if now is None else now
+        return now < self._lockout_until
+
+    @property
+    def failures(self) -> int:
+        return len(self._failures)
+
+    def tick(self) -> bool:
+        """Call regularly: True when the hold-open time is over and the door must lock now."""
+        now = self.clock()
+        if self._open_until is not None and now >= self._open_until:
+            self._open_until = None
+            self._cooldown_until = now + self.config.cooldown_s
+            self._reset_run()
+            return True
+        if self._lockout_until != float("-inf") and now >= self._lockout_until:
+            self._lockout_until = float("-inf")
+            self._failures.clear()
+        return False
+
+    def force_locked(self) -> None:
+        """The agent could not drive the lock as decided, or is stopping: forget any opening."""
+        self._open_until = None
+        self._reset_run()
+
+    # -- verdicts -----------------------------------------------------------------------------
+
+    def observe_match(self, subject: str) -> Decision:
+        now = self.clock()
+        if self._busy(now):
+            return Decision(reason="ignored: door open or cooling down")
+        if not self._extend_run(subject, now):
+            return Decision(reason=f"agreeing frames {len(self._run_times)}/{self.config.frames_required}")
+        self._reset_run()
+        if self.locked_out(now):
+            if now < self._denied_quiet_until:
+                return Decision(reason="denied (locked out), event already sent")
+            self._denied_quiet_until = now + self.config.cooldown_s
+            return Decision(event=EVENT_DENIED, subject=subject, reason="recognized during lockout")
+        self._open_until = now + self.config.open_seconds
+        self._failures.clear()
+        return Decision(event=EVENT_RECOGNIZED, subject=subject, unlock=True, reason="recognized")
+
+    def observe_unknown(self) -> Decision:
+        now = self.clock()
+        if self._busy(now):
+            return Decision(reason="ignored: door open or cooling down")
+        if not self._extend_run("", now):
+            return Decision(reason="unknown face, not yet a confident non-match")
+        self._reset_run()
+        if now < self._failure_quiet_until or self.locked_out(now):
+            return Decision(reason="unknown face, attempt already counted")
+        self._failure_quiet_until = now + self.config.cooldown_s
+        self._failures = [t for t in self._failures if now - t <= FAILURE_MEMORY_S] + [now]
+        reason = f"failed attempt {len(self._failures)}/{self.config.lockout_failures}"
+        if len(self._failures) >= self.config.lockout_failures:
+            self._lockout_until = now + self.lockout_s
+            reason += f": locked out for {self.lockout_s:g} s"
+        return Decision(event=EVENT_UNKNOWN, reason=reason)
+
+    def observe_doubt(self, reason: str = "doubt") -> Decision:
+        """A timeout, error, unauthenticated or stale reply, or a borderline score: stay locked."""
+        self._reset_run()
+        return Decision(reason=f"stay locked: {reason}")
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _busy(self, now: float) -> bool:
+        if self._open_until is not None or now < self._cooldown_until:
+            self._reset_run()
+            return True
+        return False
+
+    def _extend_run(self, subject: str, now: float) -> bool:
+        """Add a frame to the run; True when it completes `frames_required` within the window."""
+        if subject != self._run_subject:
+            self._run_subject, self._run_times = subject, []
+        self._run_times = [t for t in self._run_times if now - t <= self.config.window_s] + [now]
+        return len(self._run_times) >= self.config.frames_required
+
+    def _reset_run(self) -> None:
+        self._run_subject, self._run_times = None, []

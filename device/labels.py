@@ -1,0 +1,82 @@
+"""Subject names encrypted on the device, so the cloud stores only opaque labels.
+
+AES-256-GCM with a 32-byte key kept in the device's state directory (mode 0600). A label is
+`nonce (12 bytes) || ciphertext+tag`, with the site id as associated data: a label copied from
+another site (or altered) fails to decrypt instead of naming the wrong person.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+KEY_FILE = "label.key"
+KEY_BYTES = 32
+NONCE_BYTES = 12
+MAX_LABEL_BYTES = 1024  # decoded size the cloud accepts (docs/api.md)
+
+
+class LabelError(ValueError):
+    """A label that cannot be made or read (tampered, wrong site or key, too long)."""
+
+
+def write_private(path: Path, data: bytes, exclusive: bool = True) -> None:
+    """Create a file readable by its owner only (0600), refusing to overwrite when `exclusive`."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LabelCipher:
+    def __init__(self, key: bytes, site: str) -> None:
+        if len(key) != KEY_BYTES:
+            raise LabelError(f"label key must be {KEY_BYTES} bytes, got {len(key)}")
+        self._aead = AESGCM(key)
+        self._ad = site.encode()
+
+    @staticmethod
+    def create_key(state_dir: str | Path) -> Path:
+        """Make a new label key file in `state_dir` (0600); refuses to replace an existing one."""
+        path = Path(state_dir) / KEY_FILE
+        try:
+            write_private(path, AESGCM.generate_key(bit_length=256))
+        except FileExistsError:
+            raise LabelError(f"{path} already exists: labels encrypted with it would become unreadable") from None
+        return path
+
+    @classmethod
+    def load(cls, state_dir: str | Path, site: str) -> "LabelCipher":
+        path = Path(state_dir) / KEY_FILE
+        try:
+            key = path.read_bytes()
+        except FileNotFoundError:
+            raise LabelError(f"label key {path} not found: run `blindgate-device init` first") from None
+        return cls(key, site)
+
+    def encrypt(self, name: str) -> bytes:
+        if not isinstance(name, str) or not name.strip():
+            raise LabelError("a label must be a non-empty name")
+        nonce = os.urandom(NONCE_BYTES)
+        blob = nonce + self._aead.encrypt(nonce, name.encode("utf-8"), self._ad)
+        if len(blob) > MAX_LABEL_BYTES:
+            raise LabelError(f"label too long: {len(blob)} encrypted bytes > {MAX_LABEL_BYTES}")
+        return blob
+
+    def decrypt(self, blob: bytes) -> str:
+        if not isinstance(blob, (bytes, bytearray)) or len(blob) < NONCE_BYTES + 16:
+            raise LabelError("label too short to be an encrypted name")
+        try:
+            plain = self._aead.decrypt(bytes(blob[:NONCE_BYTES]), bytes(blob[NONCE_BYTES:]), self._ad)
+        except InvalidTag:
+            raise LabelError("label does not decrypt: altered, from another site, or another key") from None
+        return plain.decode("utf-8")

@@ -1,0 +1,86 @@
+"""What the device keeps in its state directory (all files 0600, the directory 0700).
+
+- `site.keys`   the site's CKKS keys, SECRET key included (never leaves the device);
+- `label.key`   AES-GCM key for subject labels (see device.labels);
+- `cloud.json`  what registration returned: site token, key id, the cloud's Ed25519 public key;
+- `audit.jsonl` the local event history (no images, no scores).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.engine import SiteKeys
+from shared.protocol import public_key_from_text
+
+from .labels import write_private
+
+KEYS_FILE = "site.keys"
+CLOUD_FILE = "cloud.json"
+AUDIT_FILE = "audit.jsonl"
+
+
+class StateError(RuntimeError):
+    """The state directory is missing something `init` creates."""
+
+
+@dataclass
+class CloudLink:
+    site: str
+    key_id: str
+    token: str
+    cloud_public_key: str  # 64 hex chars (Ed25519)
+    cloud_url: str = ""
+
+    def verify_key(self):
+        return public_key_from_text(self.cloud_public_key)
+
+
+class DeviceState:
+    def __init__(self, state_dir: str | Path) -> None:
+        self.dir = Path(state_dir)
+
+    def ensure_dir(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            os.chmod(self.dir, 0o700)
+        except PermissionError:
+            pass  # e.g. StateDirectory= owned by systemd with its own mode
+
+    @property
+    def keys_path(self) -> Path:
+        return self.dir / KEYS_FILE
+
+    @property
+    def cloud_path(self) -> Path:
+        return self.dir / CLOUD_FILE
+
+    @property
+    def audit_path(self) -> Path:
+        return self.dir / AUDIT_FILE
+
+    def save_keys(self, keys: SiteKeys) -> None:
+        write_private(self.keys_path, keys.to_bytes())
+
+    def load_keys(self) -> SiteKeys:
+        try:
+            data = self.keys_path.read_bytes()
+        except FileNotFoundError:
+            raise StateError(f"no site keys at {self.keys_path}: run `blindgate-device init` first") from None
+        return SiteKeys.from_bytes(data)
+
+    def save_cloud(self, link: CloudLink) -> None:
+        data = json.dumps(link.__dict__, indent=2).encode()
+        write_private(self.cloud_path, data, exclusive=False)
+
+    def load_cloud(self) -> CloudLink:
+        try:
+            data = json.loads(self.cloud_path.read_text())
+            return CloudLink(**data)
+        except FileNotFoundError:
+            raise StateError(f"not registered with a cloud ({self.cloud_path} missing): run `blindgate-device init`") from None
+        except (ValueError, TypeError) as exc:
+            raise StateError(f"{self.cloud_path} is corrupted: {exc}") from None

@@ -1,0 +1,73 @@
+"""The matcher pool on a real store: bulk import, reload on new versions, busy, stale commits."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+import numpy as np
+import pytest
+
+from cloud.matcher import BUSY, UNKNOWN_SITE, WRONG_KEY, MatcherPool, MatchError
+from cloud.store import GalleryStore, StoreConflict, new_subject_id
+from shared.engine import decode_scan, encrypt_block, encrypt_enrollment, encrypt_probe
+
+from .conftest import embeddings
+
+pytestmark = pytest.mark.asyncio
+
+
+def decode(site_keys, face, results):
+    occupancy = [np.unpackbits(np.frombuffer(r.occupied, dtype=np.uint8)).astype(bool) for r in results]
+    return decode_scan(site_keys, face, [r.ciphertext for r in results], occupancy)
+
+
+async def test_bulk_import_reload_busy_and_stale_commit(tmp_path, site_keys):
+    faces = embeddings(40, seed=31)
+    store = GalleryStore(tmp_path / "gallery.db")
+    store.create_site("home", secrets.token_urlsafe(32), site_keys.key_id, site_keys.evaluation_bytes)
+    subjects = [(new_subject_id(), b"l", slot, encrypt_enrollment(site_keys, f)) for slot, f in enumerate(faces)]
+    assert store.import_block("home", 0, encrypt_block(site_keys, faces), subjects) == 1
+    assert len(store.subjects("home")) == 40
+
+    pool = MatcherPool(tmp_path / "gallery.db", workers=1, queue_size=1)
+    await pool.start()
+    try:
+        version, results = await pool.identify("home", site_keys.key_id, encrypt_probe(site_keys, faces[17]), 1)
+        assert version == 1 and decode(site_keys, faces[17], results).best.slot == 17
+
+        # refusals
+        with pytest.raises(MatchError) as err:
+            await pool.identify("nosuch", site_keys.key_id, b"x", 0)
+        assert err.value.kind == UNKNOWN_SITE
+        with pytest.raises(MatchError) as err:
+            await pool.identify("home", "0" * 32, b"x", 0)
+        assert err.value.kind == WRONG_KEY
+
+        # queue_size 1: a second probe while one is in flight is refused at once
+        probe = encrypt_probe(site_keys, faces[3])
+        first = asyncio.ensure_future(pool.identify("home", site_keys.key_id, probe, 1))
+        await asyncio.sleep(0)
+        started = time.perf_counter()
+        with pytest.raises(MatchError) as err:
+            await pool.identify("home", site_keys.key_id, probe, 1)
+        assert err.value.kind == BUSY and time.perf_counter() - started < 0.05
+        await first
+
+        # enroll one more through the pool, commit; a stale commit (old base version) is refused
+        extra = embeddings(1, seed=32)[0]
+        enrollment = encrypt_enrollment(site_keys, extra)
+        base, ref, block = await pool.prepare_enrollment("home", enrollment, 1)
+        assert base == 1 and (ref.block, ref.slot) == (0, 40)
+        with pytest.raises(StoreConflict):
+            store.commit_enrollment("home", new_subject_id(), b"l", ref, enrollment, 0, block, expected_version=0)
+        assert store.site("home").version == 1
+        assert store.commit_enrollment("home", new_subject_id(), b"l", ref, enrollment, 0, block, expected_version=base) == 2
+
+        # the worker notices the new version by itself and scans the new template
+        version, results = await pool.identify("home", site_keys.key_id, encrypt_probe(site_keys, extra), 0)
+        assert version == 2 and decode(site_keys, extra, results).best.slot == 40
+    finally:
+        await pool.close()
+        store.close()

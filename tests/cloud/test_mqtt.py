@@ -1,0 +1,165 @@
+"""The MQTT bridge against a real Mosquitto: signed replies, refusals, drops, busy."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import time
+
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from cloud.app import BRIDGE, METRICS, create_app
+from shared.engine import decode_scan, decode_verify, encrypt_enrollment, encrypt_probe
+from shared.protocol import (
+    MODE_VERIFY,
+    MAX_PROBE_BYTES,
+    PendingRequests,
+    encode_probe_request,
+    new_probe_request,
+    open_reply,
+    public_key_from_text,
+)
+
+from .conftest import Device, cloud_config, embeddings, enroll_headers
+
+pytestmark = pytest.mark.asyncio
+FACES = embeddings(4, seed=11)
+
+
+@pytest_asyncio.fixture
+async def service(broker, aiohttp_client, tmp_path, site_keys):
+    """A running service (HTTP + MQTT) with site "home" holding FACES, and a device "door1"."""
+    client = await aiohttp_client(create_app(cloud_config(tmp_path / "state", broker), mqtt=True))
+    resp = await client.post("/v1/sites/home", data=site_keys.evaluation_bytes)
+    info = await resp.json()
+    subjects = []
+    for face in FACES:
+        resp = await client.post(
+            "/v1/sites/home/subjects",
+            data=encrypt_enrollment(site_keys, face),
+            headers=enroll_headers(info["token"], site_keys.key_id),
+        )
+        subjects.append((await resp.json())["subject"])
+    for _ in range(100):
+        if client.app[BRIDGE].connected.is_set():
+            break
+        await asyncio.sleep(0.05)
+    device = Device(broker.host, broker.port, "home", "door1")
+    yield client, public_key_from_text(info["cloud_public_key"]), device, subjects
+    device.close()
+
+
+async def reply_of(device, timeout=20.0):
+    return await asyncio.to_thread(device.reply, timeout)
+
+
+async def test_identify_round_trip(service, site_keys):
+    client, cloud_key, device, _ = service
+    pending = PendingRequests("door1")
+    face = FACES[2] + np.random.default_rng(1).normal(0, 0.01, 128)
+    req = device.probe(site_keys.key_id, encrypt_probe(site_keys, face))
+    pending.add(req)
+    msg = await reply_of(device)
+    assert msg.retain is False
+    assert msg.properties.CorrelationData == bytes.fromhex(req.request_id)
+    assert 0 < msg.properties.MessageExpiryInterval <= 10
+    reply = open_reply(msg.payload, cloud_key)
+    assert pending.accept(reply) == req
+    assert reply.status == "ok" and reply.gallery_version == 4 and len(reply.results) == 1
+    occupancy = [np.unpackbits(np.frombuffer(r.occupied, dtype=np.uint8)).astype(bool) for r in reply.results]
+    match = decode_scan(site_keys, face, [r.ciphertext for r in reply.results], occupancy)
+    assert match.best.slot == 2
+    expected = np.linalg.norm(FACES - face, axis=1)
+    assert np.allclose(match.distances[0, :4], expected, atol=1e-4)
+    assert np.isnan(match.distances[0, 4:]).all()
+
+
+async def test_verify_mode(service, site_keys):
+    client, cloud_key, device, subjects = service
+    face = FACES[1]
+    req = device.probe(site_keys.key_id, encrypt_probe(site_keys, face), mode=MODE_VERIFY, subject=subjects[1])
+    reply = open_reply((await reply_of(device)).payload, cloud_key)
+    assert reply.request_id == req.request_id and reply.status == "ok" and len(reply.results) == 1
+    occupied = np.unpackbits(np.frombuffer(reply.results[0].occupied, dtype=np.uint8))
+    assert occupied.sum() == 1 and occupied[1] == 1
+    assert decode_verify(site_keys, reply.results[0].ciphertext) < 1e-2
+    req = device.probe(site_keys.key_id, encrypt_probe(site_keys, face), mode=MODE_VERIFY, subject="0" * 32)
+    reply = open_reply((await reply_of(device)).payload, cloud_key)
+    assert reply.status == "error" and reply.request_id == req.request_id
+
+
+async def test_bad_payloads_refused_then_good_probe_answered(service, site_keys, other_keys):
+    client, cloud_key, device, _ = service
+    probe = encrypt_probe(site_keys, FACES[0])
+    good = new_probe_request("home", "door1", site_keys.key_id, probe)
+    encoded = encode_probe_request(good)
+    rid = "ab" * 16
+    for payload in (b"garbage", encoded[: len(encoded) // 2], b"\x00" * (MAX_PROBE_BYTES + 10), b""):
+        device.publish_raw(payload, request_id=rid)
+        reply = open_reply((await reply_of(device)).payload, cloud_key)
+        assert reply.status == "error" and reply.request_id == rid and reply.results == ()
+    # a well-framed request whose ciphertext is garbage
+    bad_ct = new_probe_request("home", "door1", site_keys.key_id, b"\x00" * 5000)
+    device.publish_raw(encode_probe_request(bad_ct), request_id=bad_ct.request_id)
+    reply = open_reply((await reply_of(device)).payload, cloud_key)
+    assert reply.status == "error" and reply.request_id == bad_ct.request_id
+    # unknown site (topic and header agree) and a wrong key id
+    stranger = Device(device.client._host, device.client._port, "nosuch", "door9")
+    try:
+        req = stranger.probe(site_keys.key_id, probe)
+        reply = open_reply((await reply_of(stranger)).payload, cloud_key)
+        assert reply.status == "error" and "not registered" in reply.message and reply.request_id == req.request_id
+    finally:
+        stranger.close()
+    req = device.probe(other_keys.key_id, encrypt_probe(other_keys, FACES[0]))
+    reply = open_reply((await reply_of(device)).payload, cloud_key)
+    assert reply.status == "error" and "key id" in reply.message
+    # header says another device than the topic
+    other = new_probe_request("home", "door2", site_keys.key_id, probe)
+    device.publish_raw(encode_probe_request(other), request_id=other.request_id)
+    reply = open_reply((await reply_of(device)).payload, cloud_key)
+    assert reply.status == "error"
+    # without a response topic: dropped and counted, no reply
+    device.publish_raw(b"garbage", response=False)
+    # expired: dropped, no reply
+    device.probe(site_keys.key_id, probe, ttl=-1.0)
+    # still answers a good probe, and only that one arrives
+    req = device.probe(site_keys.key_id, probe)
+    reply = open_reply((await reply_of(device)).payload, cloud_key)
+    assert reply.status == "ok" and reply.request_id == req.request_id
+    await asyncio.sleep(0.3)
+    with pytest.raises(queue.Empty):
+        device.replies.get(timeout=0.2)
+    metrics = client.app[METRICS]
+    assert metrics.get("blindgate_probes_dropped_total", reason="expired") == 1
+    assert metrics.get("blindgate_probes_dropped_total", reason="malformed") == 1
+    text = await (await client.get("/metrics")).text()
+    assert 'blindgate_probes_dropped_total{reason="expired"} 1' in text
+    assert 'blindgate_probes_answered_total{status="ok"} 1' in text
+
+
+async def test_busy_when_queue_full(service, site_keys):
+    client, cloud_key, device, _ = service
+    probe = encrypt_probe(site_keys, FACES[0])
+    requests = [device.probe(site_keys.key_id, probe) for _ in range(14)]  # queue_size is 8
+    replies = [open_reply((await reply_of(device)).payload, cloud_key) for _ in requests]
+    statuses = {r.request_id: r.status for r in replies}
+    assert set(statuses) == {r.request_id for r in requests}
+    assert "busy" in statuses.values() and "ok" in statuses.values()
+    assert client.app[METRICS].get("blindgate_probes_busy_total") == list(statuses.values()).count("busy")
+
+
+async def test_resubscribes_after_broker_restart(service, broker, site_keys):
+    client, cloud_key, device, _ = service
+    bridge = client.app[BRIDGE]
+    await asyncio.to_thread(broker.restart)
+    for _ in range(300):  # paho reconnects within its 1-10 s back-off
+        if bridge.connected.is_set() and device.client.is_connected():
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # the device's own resubscription
+    req = device.probe(site_keys.key_id, encrypt_probe(site_keys, FACES[3]))
+    reply = open_reply((await reply_of(device)).payload, cloud_key)
+    assert reply.status == "ok" and reply.request_id == req.request_id

@@ -1,0 +1,173 @@
+"""The service as deployed: `python -m cloud.cli serve` processes on a real broker and one state dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from shared.engine import decode_scan, encrypt_enrollment, encrypt_probe
+from shared.protocol import open_reply, public_key_from_text
+
+from .conftest import Device, ServiceProcess, embeddings, enroll_headers
+
+FACES = embeddings(3, seed=21)
+
+
+def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 30.0):
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def register_and_enroll(url: str, site_keys, faces) -> tuple[dict, list[str]]:
+    status, info = http("POST", f"{url}/v1/sites/home", site_keys.evaluation_bytes)
+    assert status == 201, info
+    subjects = []
+    for face in faces:
+        status, body = http(
+            "POST", f"{url}/v1/sites/home/subjects", encrypt_enrollment(site_keys, face), enroll_headers(info["token"], site_keys.key_id)
+        )
+        assert status == 201, body
+        subjects.append(body["subject"])
+    return info, subjects
+
+
+def assert_matches(device: Device, cloud_key, site_keys, face, slot: int) -> None:
+    device.probe(site_keys.key_id, encrypt_probe(site_keys, face))
+    reply = open_reply(device.reply(30).payload, cloud_key)
+    assert reply.status == "ok", reply.message
+    occupancy = [np.unpackbits(np.frombuffer(r.occupied, dtype=np.uint8)).astype(bool) for r in reply.results]
+    match = decode_scan(site_keys, face, [r.ciphertext for r in reply.results], occupancy)
+    assert match.best.slot == slot and match.distance < 1e-2
+
+
+@pytest.fixture
+def services(broker, tmp_path):
+    started: list[ServiceProcess] = []
+
+    def start(**env) -> ServiceProcess:
+        proc = ServiceProcess(tmp_path / "state", broker, tmp_path / f"service{len(started)}.log", **env)
+        started.append(proc)
+        proc.wait_ready()
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.process.poll() is None:
+            proc.stop()
+
+
+def test_shared_subscription_two_processes(broker, services, site_keys):
+    first, second = services(), services()
+    info, _ = register_and_enroll(first.url, site_keys, FACES[:2])
+    cloud_key = public_key_from_text(info["cloud_public_key"])
+    # both processes share the state dir, hence the key and the gallery
+    assert http("GET", f"{second.url}/v1/cloud-key")[1]["cloud_public_key"] == info["cloud_public_key"]
+    device = Device(broker.host, broker.port, "home", "door1")
+    try:
+        probe = encrypt_probe(site_keys, FACES[1])
+        sent = [device.probe(site_keys.key_id, probe).request_id for _ in range(12)]
+        for _ in sent:  # sequential pacing is not needed: queue_size 8 per process x 2
+            pass
+        replies = []
+        deadline = time.monotonic() + 60
+        while len(replies) < len(sent) and time.monotonic() < deadline:
+            replies.append(open_reply(device.reply(60).payload, cloud_key))
+        time.sleep(1.0)  # any duplicate would arrive now
+        while not device.replies.empty():
+            replies.append(open_reply(device.replies.get().payload, cloud_key))
+    finally:
+        device.close()
+    counts = Counter(r.request_id for r in replies)
+    assert set(counts) == set(sent) and set(counts.values()) == {1}, counts
+    assert all(r.status in ("ok", "busy") for r in replies)
+    assert sum(r.status == "ok" for r in replies) >= 8
+    answered = []
+    for proc in (first, second):
+        with urllib.request.urlopen(proc.url + "/metrics") as resp:
+            text = resp.read().decode()
+        answered.append(sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("blindgate_probes_answered_total{")))
+    assert sum(answered) == len(sent) and all(a > 0 for a in answered), answered
+
+
+def test_restart_keeps_gallery_and_sigterm_is_clean(broker, services, site_keys):
+    first = services()
+    info, subjects = register_and_enroll(first.url, site_keys, FACES)
+    cloud_key = public_key_from_text(info["cloud_public_key"])
+    device = Device(broker.host, broker.port, "home", "door1")
+    try:
+        probe = encrypt_probe(site_keys, FACES[0])
+        sent = {device.probe(site_keys.key_id, probe).request_id for _ in range(4)}
+        time.sleep(0.3)  # delivered to the service, scans under way
+        assert first.stop() == 0  # SIGTERM: graceful, in-flight probes still answered
+        replies = [open_reply(device.reply(10).payload, cloud_key) for _ in sent]
+    finally:
+        device.close()
+    assert {r.request_id for r in replies} == sent and all(r.status in ("ok", "busy") for r in replies)
+    log = first.log_path.read_text()
+    assert "MQTT bridge stopped" in log and "Traceback" not in log
+
+    second = services()
+    status, listing = http("GET", f"{second.url}/v1/sites/home/subjects", headers={"Authorization": f"Bearer {info['token']}"})
+    assert status == 200 and [s["subject"] for s in listing["subjects"]] == subjects
+    assert http("GET", f"{second.url}/v1/cloud-key")[1]["cloud_public_key"] == info["cloud_public_key"]
+    device = Device(broker.host, broker.port, "home", "door1")
+    try:
+        assert_matches(device, cloud_key, site_keys, FACES[2], 2)
+    finally:
+        device.close()
+
+
+def test_kill_during_enrollment(broker, services, site_keys):
+    first = services()
+    info, subjects = register_and_enroll(first.url, site_keys, FACES[:2])
+    cloud_key = public_key_from_text(info["cloud_public_key"])
+    headers = enroll_headers(info["token"], site_keys.key_id)
+    extra = embeddings(6, seed=22)
+
+    results = []
+
+    def enroll_many():
+        for face in extra:
+            try:
+                results.append(http("POST", f"{first.url}/v1/sites/home/subjects", encrypt_enrollment(site_keys, face), headers, timeout=10))
+            except (OSError, ValueError):
+                results.append(None)
+                return
+
+    thread = threading.Thread(target=enroll_many)
+    thread.start()
+    time.sleep(0.9)  # enrollments (~0.4 s each) are under way
+    os.kill(first.process.pid, signal.SIGKILL)
+    first.process.wait()
+    thread.join(30)
+    committed = [body["subject"] for result in results if result and result[0] == 201 for _, body in [result]]
+
+    second = services()
+    status, listing = http("GET", f"{second.url}/v1/sites/home/subjects", headers={"Authorization": f"Bearer {info['token']}"})
+    assert status == 200
+    listed = [s["subject"] for s in listing["subjects"]]
+    # every acknowledged enrollment is there, at most one more (committed, answer lost), none half-done
+    assert listed[: len(subjects)] == subjects
+    assert set(committed) <= set(listed) and len(listed) - len(subjects) - len(committed) in (0, 1)
+    status, stats = http("GET", f"{second.url}/v1/sites/home/stats", headers={"Authorization": f"Bearer {info['token']}"})
+    assert stats["subjects"] == len(listed) and stats["gallery_version"] == len(listed)
+    device = Device(broker.host, broker.port, "home", "door1")
+    try:
+        assert_matches(device, cloud_key, site_keys, FACES[1], 1)
+        for index in range(len(listed) - len(subjects)):
+            assert_matches(device, cloud_key, site_keys, extra[index], len(subjects) + index)
+    finally:
+        device.close()

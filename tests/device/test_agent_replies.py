@@ -1,0 +1,296 @@
+"""Fail-secure reply handling of the door agent, driven directly with crafted, signed replies.
+
+Real engine ciphertexts (site keys, gallery, scan) and real protocol signing with a test Ed25519
+key; no broker. A positive control shows the door does open for a good pair of replies, so the
+negative cases below would fail if the checks were missing.
+"""
+
+import base64
+import json
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from device.agent import DOUBT, MATCH, REJECTED, UNKNOWN, Agent, AuditLog, SubjectDirectory
+from device.labels import LabelCipher
+from device.lock import Lock
+from shared.config import DecisionConfig, DeviceConfig
+from shared.engine import Gallery, encrypt_enrollment, generate_site_keys, scan
+from shared.protocol import (
+    STATUS_BUSY,
+    STATUS_ERROR,
+    STATUS_OK,
+    BlockResult,
+    Reply,
+    new_probe_request,
+    new_signing_key,
+    seal_reply,
+)
+
+SITE, DEVICE, VERSION = "home", "door1", 7
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    rng = np.random.default_rng(5)
+    keys = generate_site_keys()
+    alice, bob, stranger = (rng.normal(0, 0.09, 128) for _ in range(3))
+    gallery = Gallery(keys.evaluation())
+    gallery.add(encrypt_enrollment(keys, alice))
+    gallery.add(encrypt_enrollment(keys, bob))
+    state = tmp_path_factory.mktemp("state")
+    LabelCipher.create_key(state)
+    labels = LabelCipher.load(state, SITE)
+    listing = {
+        "gallery_version": VERSION,
+        "subjects": [
+            {"subject": "s-alice", "label": base64.b64encode(labels.encrypt("Alice")).decode(), "block": 0, "slot": 0},
+            {"subject": "s-bob", "label": base64.b64encode(labels.encrypt("Bob")).decode(), "block": 0, "slot": 1},
+        ],
+    }
+    return SimpleNamespace(keys=keys, gallery=gallery, labels=labels, listing=listing, state=state,
+                           alice=alice + rng.normal(0, 0.01, 128), stranger=stranger, signer=new_signing_key())
+
+
+@pytest.fixture
+def agent(world, tmp_path):
+    config = DeviceConfig(site=SITE, device_id=DEVICE, decision=DecisionConfig(frames_required=2, reply_timeout=0.3))
+    fetches = []
+
+    def fetch():
+        fetches.append(1)
+        return world.listing
+
+    directory = SubjectDirectory(fetch, world.labels)
+    lock = Lock("GPIO17", pin_factory="mock")
+    a = Agent(config, world.keys, world.signer.public_key(), directory, lock, audit=AuditLog(tmp_path / "audit.jsonl"))
+    a.fetches = fetches
+    yield a
+    a.close()
+
+
+def request(agent):
+    req = new_probe_request(SITE, DEVICE, agent.keys.key_id, b"probe-bytes", ttl=5.0)
+    agent.pending.add(req)
+    return req
+
+
+def sealed(world, req, embedding=None, signer=None, **changes):
+    embedding = world.alice if embedding is None else embedding
+    from shared.engine import encrypt_probe
+
+    results = tuple(
+        BlockResult(i, np.packbits(block.occupied).tobytes(), ct)
+        for i, (block, ct) in enumerate(zip(world.gallery.blocks, scan(world.gallery, encrypt_probe(world.keys, embedding))))
+    )
+    fields = dict(status=STATUS_OK, site=req.site, device=req.device, request_id=req.request_id, nonce=req.nonce,
+                  gallery_version=VERSION, expires_at=time.time() + 10, results=results)
+    fields.update(changes)
+    return seal_reply(Reply(**fields), signer or world.signer)
+
+
+def frame(agent, world, make_payloads, embedding=None):
+    """One frame: a request, the given messages arrive on the reply topic, the agent decides."""
+    embedding = world.alice if embedding is None else embedding
+    req = request(agent)
+    for payload in make_payloads(req):
+        agent._replies.put((payload, False))
+    verdict = agent.wait_reply(req, embedding, timeout=0.3)
+    decision = agent.apply(verdict)
+    return verdict, decision
+
+
+def assert_locked(agent):
+    assert agent.lock.is_locked
+    assert agent.lock.pin.state == 0
+    assert not any(e["event"] == "recognized" for e in agent.events)
+
+
+def test_positive_control_two_good_replies_open_the_door(agent, world):
+    v1, d1 = frame(agent, world, lambda req: [sealed(world, req)])
+    assert v1.kind == MATCH and v1.subject == "s-alice" and v1.label == "Alice"
+    assert agent.lock.is_locked and not d1.unlock
+    v2, d2 = frame(agent, world, lambda req: [sealed(world, req)])
+    assert d2.unlock and agent.lock.pin.state == 1 and not agent.lock.is_locked
+    event = agent.events[-1]
+    assert set(event) == {"event", "label", "ts"} and event["event"] == "recognized" and event["label"] == "Alice"
+    assert agent.fetches == [1]  # directory fetched once, cached for the same gallery version
+    audit = [json.loads(line) for line in (agent.audit.path).read_text().splitlines()]
+    assert any(e.get("event") == "recognized" for e in audit)
+    assert not any(k in json.dumps(audit) for k in ("distance", "score"))
+
+
+def test_stranger_is_unknown_and_never_opens(agent, world):
+    for _ in range(3):
+        v, d = frame(agent, world, lambda req: [sealed(world, req, embedding=world.stranger)], embedding=world.stranger)
+        assert v.kind == UNKNOWN
+    assert_locked(agent)
+    assert [e["event"] for e in agent.events] == ["unknown"] and agent.events[0]["label"] is None
+
+
+def _other_key(world, req):
+    return [sealed(world, req, signer=new_signing_key())]
+
+
+def _tampered(world, req):
+    data = bytearray(sealed(world, req))
+    data[len(data) // 2] ^= 0x01
+    return [bytes(data)]
+
+
+def _stale(world, req):
+    return [sealed(world, req, expires_at=time.time() - 1)]
+
+
+def _other_device(world, req):
+    return [sealed(world, req, device="door2")]
+
+
+def _other_site(world, req):
+    return [sealed(world, req, site="office")]
+
+
+def _wrong_nonce(world, req):
+    return [sealed(world, req, nonce="00" * 16)]
+
+
+def _unknown_request(world, req):
+    other = new_probe_request(SITE, DEVICE, world.keys.key_id, b"x")
+    return [sealed(world, other)]
+
+
+def _garbage(world, req):
+    return [b"", b"garbage", b"BGP1R" + bytes(200), np.random.default_rng(1).bytes(5000)]
+
+
+def _busy(world, req):
+    return [sealed(world, req, status=STATUS_BUSY, results=(), message="queue full")]
+
+
+def _error(world, req):
+    return [sealed(world, req, status=STATUS_ERROR, results=(), message="unknown key id")]
+
+
+def _corrupt_ciphertext(world, req):
+    good = sealed(world, req)  # noqa: F841 - builds the right results to copy
+    from shared.engine import encrypt_probe
+
+    result = BlockResult(0, np.packbits(world.gallery.blocks[0].occupied).tobytes(), encrypt_probe(world.keys, world.alice))
+    return [sealed(world, req, results=(result,))]
+
+
+def _slot_not_in_directory(world, req):
+    # the real result, but claimed for block 3: no subject is listed there
+    from shared.engine import encrypt_probe
+
+    ct = scan(world.gallery, encrypt_probe(world.keys, world.alice))[0]
+    occupied = np.packbits(world.gallery.blocks[0].occupied).tobytes()
+    return [sealed(world, req, results=(BlockResult(3, occupied, ct),))]
+
+
+def _newer_gallery_unlisted(world, req):
+    return [sealed(world, req, gallery_version=VERSION + 1)]
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (_other_key, "no reply in time"),
+        (_tampered, "no reply in time"),
+        (_stale, "stale"),
+        (_other_device, "no reply in time"),
+        (_other_site, "no reply in time"),
+        (_wrong_nonce, "no reply in time"),
+        (_unknown_request, "no reply in time"),
+        (_garbage, "no reply in time"),
+        (_busy, "busy"),
+        (_error, "error"),
+        (_corrupt_ciphertext, "decode"),
+        (_slot_not_in_directory, "no subject at block"),
+        (_newer_gallery_unlisted, "gallery changed"),
+    ],
+    ids=lambda v: getattr(v, "__name__", v).strip("_") if callable(v) else None,
+)
+def test_bad_replies_keep_the_door_locked(agent, world, make, expected):
+    for _ in range(3):
+        verdict, decision = frame(agent, world, lambda req: make(world, req))
+        assert verdict.kind == DOUBT, verdict
+        assert expected in verdict.reason or (expected == "stale" and "no reply" in verdict.reason)
+        assert not decision.unlock
+    assert_locked(agent)
+    assert agent.decision.failures == 0  # errors are not failed attempts
+
+
+def test_no_reply_times_out(agent, world):
+    start = time.monotonic()
+    verdict, decision = frame(agent, world, lambda req: [])
+    assert verdict.kind == DOUBT and "no reply" in verdict.reason
+    assert 0.25 <= time.monotonic() - start < 2
+    assert len(agent.pending) == 0
+    assert_locked(agent)
+
+
+def test_stale_reply_refused_even_when_request_expired_at_arrival(agent, world):
+    req = request(agent)
+    verdict = agent.handle_reply(sealed(world, req), False, world.alice, now=time.time() + 60)
+    assert verdict.kind == REJECTED and "stale" in verdict.reason
+
+
+def test_duplicated_reply_cannot_supply_the_second_agreeing_frame(agent, world):
+    first = {}
+
+    def good(req):
+        first["payload"] = sealed(world, req)
+        return [first["payload"]]
+
+    v1, _ = frame(agent, world, good)
+    assert v1.kind == MATCH
+    v2, d2 = frame(agent, world, lambda req: [first["payload"]])  # broker replays the first reply
+    assert v2.kind == DOUBT and not d2.unlock
+    assert_locked(agent)
+
+
+def test_late_good_reply_after_foreign_ones_is_still_accepted(agent, world):
+    v, _ = frame(agent, world, lambda req: [b"garbage", sealed(world, req, signer=new_signing_key()), sealed(world, req)])
+    assert v.kind == MATCH and agent.counters["replies_rejected"] == 2
+
+
+def test_retained_messages_are_never_acted_on(agent, world):
+    req = request(agent)
+    payload = sealed(world, req)
+    assert agent.handle_reply(payload, True, world.alice).kind == REJECTED
+    msg = SimpleNamespace(topic=agent.topic("reply"), payload=payload, retain=True)
+    agent._on_message(None, None, msg)
+    assert agent._replies.empty()
+    assert agent.wait_reply(req, world.alice, 0.1).kind == DOUBT
+
+
+def test_disconnect_fails_the_in_flight_request(agent, world):
+    agent._connected.set()
+    req = request(agent)
+    agent._on_disconnect(None, None, None, "gone", None)
+    verdict = agent.wait_reply(req, world.alice, timeout=5)
+    assert verdict.kind == DOUBT and "disconnected" in verdict.reason
+
+
+def test_hold_open_then_relock(agent, world):
+    agent.config.decision.open_seconds = 0.2
+    agent.decision.config.open_seconds = 0.2
+    frame(agent, world, lambda req: [sealed(world, req)])
+    frame(agent, world, lambda req: [sealed(world, req)])
+    assert agent.lock.pin.state == 1
+    time.sleep(0.25)
+    agent.tick()
+    assert agent.lock.pin.state == 0 and agent.lock.is_locked
+
+
+def test_discovery_configs(agent):
+    configs = agent.discovery_configs()
+    lock = configs["homeassistant/lock/home_door1/config"]
+    event = configs["homeassistant/event/home_door1/config"]
+    assert lock["unique_id"] != event["unique_id"] and lock["device"]["identifiers"] == event["device"]["identifiers"]
+    assert lock["state_topic"] == "blindgate/home/door1/lock"
+    assert event["event_types"] == ["recognized", "unknown", "denied"]
+    assert lock["availability_topic"] == "blindgate/home/door1/availability"

@@ -1,0 +1,50 @@
+"""CLI pieces that need no cloud: enrollment template rule, state files, clear errors."""
+
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from device.cli import UsageError, main, template_from
+
+
+def test_template_is_the_mean_of_consistent_faces():
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 0.09, 128)
+    faces = [base + rng.normal(0, 0.01, 128) for _ in range(3)]
+    assert np.allclose(template_from(faces), np.mean(faces, axis=0))
+
+
+def test_template_refuses_two_people_and_no_face():
+    rng = np.random.default_rng(1)
+    with pytest.raises(UsageError):
+        template_from([rng.normal(0, 0.09, 128), rng.normal(0, 0.09, 128)])
+    with pytest.raises(UsageError):
+        template_from([])
+
+
+def test_commands_without_init_fail_clearly(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BLINDGATE_STATE_DIR", str(tmp_path / "none"))
+    assert main(["list"]) == 1
+    assert "blindgate-device init" in capsys.readouterr().err
+    assert main(["status"]) == 1
+
+
+def test_init_creates_private_key_files_even_when_cloud_is_down(tmp_path, monkeypatch, capsys):
+    state = tmp_path / "state"
+    monkeypatch.setenv("BLINDGATE_STATE_DIR", str(state))
+    monkeypatch.setenv("BLINDGATE_CLOUD_URL", "http://127.0.0.1:9")
+    assert main(["init"]) == 1
+    assert "unreachable" in capsys.readouterr().err
+    for name in ("site.keys", "label.key"):
+        assert stat.S_IMODE(os.stat(state / name).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(state).st_mode) == 0o700
+    assert not (state / "cloud.json").exists()
+
+
+def test_bad_config_is_exit_2(tmp_path, capsys):
+    cfg = tmp_path / "d.toml"
+    cfg.write_text("[decision]\nthreshhold = 0.5\n")
+    assert main(["--config", str(cfg), "status"]) == 2
+    assert "threshhold" in capsys.readouterr().err

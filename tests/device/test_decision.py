@@ -1,0 +1,168 @@
+"""Decision rules with a fake clock: multi-frame, window, hold-open, cooldown, lockout."""
+
+import pytest
+
+from device.decision import EVENT_DENIED, EVENT_RECOGNIZED, EVENT_UNKNOWN, DecisionEngine
+from shared.config import DecisionConfig
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+    def advance(self, s):
+        self.t += s
+
+
+def make(**kw):
+    clock = Clock()
+    cfg = DecisionConfig(**{"frames_required": 2, "window_s": 3.0, "open_seconds": 5.0, "cooldown_s": 3.0,
+                            "lockout_failures": 5, "lockout_s": 30.0, **kw})
+    return DecisionEngine(cfg, clock=clock), clock
+
+
+def test_single_frame_never_opens():
+    engine, clock = make()
+    d = engine.observe_match("alice")
+    assert not d.unlock and d.event is None and not engine.is_open
+
+
+def test_two_agreeing_frames_open_with_recognized_event():
+    engine, clock = make()
+    engine.observe_match("alice")
+    clock.advance(0.5)
+    d = engine.observe_match("alice")
+    assert d.unlock and d.event == EVENT_RECOGNIZED and d.subject == "alice" and engine.is_open
+
+
+def test_frames_of_different_subjects_do_not_agree():
+    engine, clock = make()
+    engine.observe_match("alice")
+    assert not engine.observe_match("bob").unlock
+    assert engine.observe_match("bob").unlock  # bob, bob
+
+
+def test_agreeing_frames_outside_window_do_not_open():
+    engine, clock = make()
+    engine.observe_match("alice")
+    clock.advance(3.5)
+    assert not engine.observe_match("alice").unlock
+    clock.advance(1.0)
+    assert engine.observe_match("alice").unlock
+
+
+@pytest.mark.parametrize("breaker", ["doubt", "unknown", "other"])
+def test_anything_in_between_restarts_the_count(breaker):
+    engine, clock = make(frames_required=3)
+    engine.observe_match("alice")
+    engine.observe_match("alice")
+    {"doubt": lambda: engine.observe_doubt("timeout"), "unknown": engine.observe_unknown,
+     "other": lambda: engine.observe_match("bob")}[breaker]()
+    assert not engine.observe_match("alice").unlock
+    assert not engine.observe_match("alice").unlock
+    assert engine.observe_match("alice").unlock
+
+
+def test_doubt_alone_never_opens_nor_counts_as_failure():
+    engine, clock = make()
+    for _ in range(50):
+        d = engine.observe_doubt("no reply")
+        assert not d.unlock and d.event is None
+        clock.advance(0.1)
+    assert engine.failures == 0 and not engine.locked_out()
+
+
+def test_hold_open_then_lock_then_cooldown():
+    engine, clock = make()
+    engine.observe_match("alice")
+    assert engine.observe_match("alice").unlock
+    clock.advance(4.9)
+    assert not engine.tick() and engine.is_open
+    assert not engine.observe_match("alice").unlock  # no extension / re-open while open
+    clock.advance(0.2)
+    assert engine.tick() and not engine.is_open
+    # cooldown: 3 s during which nothing opens
+    clock.advance(0.5)
+    engine.observe_match("alice")
+    assert not engine.observe_match("alice").unlock
+    clock.advance(3.0)
+    engine.observe_match("alice")
+    assert engine.observe_match("alice").unlock
+
+
+def fail_once(engine, clock):
+    engine.observe_unknown()
+    d = engine.observe_unknown()
+    clock.advance(3.1)  # past the cooldown that separates attempts
+    return d
+
+
+def test_unknown_run_is_one_failed_attempt_per_cooldown():
+    engine, clock = make()
+    assert engine.observe_unknown().event is None  # one frame is not yet confident
+    assert engine.observe_unknown().event == EVENT_UNKNOWN
+    for _ in range(20):  # the same stranger lingering: no more attempts counted
+        assert engine.observe_unknown().event is None
+        clock.advance(0.1)
+    assert engine.failures == 1
+
+
+def test_lockout_after_five_failures_lasts_at_least_30s():
+    engine, clock = make()
+    for i in range(5):
+        d = fail_once(engine, clock)
+        assert d.event == EVENT_UNKNOWN
+    assert engine.locked_out()
+    # a legitimate face during lockout: denied, not opened
+    engine.observe_match("alice")
+    d = engine.observe_match("alice")
+    assert not d.unlock and d.event == EVENT_DENIED
+    clock.advance(20)
+    engine.tick()
+    engine.observe_match("alice")
+    assert not engine.observe_match("alice").unlock
+    clock.advance(10)  # 30 s + the 3.1 s after the 5th failure have passed
+    engine.tick()
+    assert not engine.locked_out() and engine.failures == 0
+    engine.observe_match("alice")
+    assert engine.observe_match("alice").unlock
+
+
+def test_lockout_configured_shorter_is_raised_to_30s():
+    engine, clock = make(lockout_s=5.0, cooldown_s=0.0)
+    for _ in range(5):
+        engine.observe_unknown()
+        engine.observe_unknown()
+        clock.advance(0.01)
+    assert engine.locked_out()
+    clock.advance(29)
+    engine.tick()
+    assert engine.locked_out()
+
+
+def test_four_failures_then_success_resets_the_count():
+    engine, clock = make()
+    for _ in range(4):
+        fail_once(engine, clock)
+    engine.observe_match("alice")
+    assert engine.observe_match("alice").unlock
+    assert engine.failures == 0
+    clock.advance(5)
+    assert engine.tick()
+    clock.advance(3.1)  # cooldown after relocking
+    fail_once(engine, clock)
+    assert not engine.locked_out() and engine.failures == 1
+
+
+def test_denied_events_are_rate_limited():
+    engine, clock = make()
+    for _ in range(5):
+        fail_once(engine, clock)
+    events = []
+    for _ in range(10):
+        events.append(engine.observe_match("alice").event)
+        clock.advance(0.1)
+    assert events.count(EVENT_DENIED) == 1
