@@ -194,20 +194,25 @@ def _identify(site: str, key_id: str, probe: bytes, min_version: int):
     return state.version, results
 
 
-def _verify(site: str, key_id: str, probe: bytes, subject: str, min_version: int):
-    from shared.engine import EngineError, verify
-    from shared.protocol import BlockResult
-
-    state = _site(site, key_id, min_version)
+def _subject_row(site: str, subject: str) -> tuple[int, int, bytes]:
+    """(block, slot, enrollment ciphertext) of a stored subject."""
     with _Snapshot() as db:
         row = db.execute(
             "SELECT block, slot, enrollment FROM subject WHERE site_id = ? AND subject_id = ?", (site, subject)
         ).fetchone()
     if row is None:
         raise MatchError(UNKNOWN_SUBJECT, f"site {site!r} has no subject {subject!r}")
-    block, slot, enrollment = row
+    return row[0], row[1], bytes(row[2])
+
+
+def _verify(site: str, key_id: str, probe: bytes, subject: str, min_version: int):
+    from shared.engine import EngineError, verify
+    from shared.protocol import BlockResult
+
+    state = _site(site, key_id, min_version)
+    block, slot, enrollment = _subject_row(site, subject)
     try:
-        result = verify(state.keys, probe, bytes(enrollment))
+        result = verify(state.keys, probe, enrollment)
     except EngineError as exc:
         raise MatchError(BAD_REQUEST, str(exc)) from None
     occupied = np.zeros(state.keys.params.slots, dtype=bool)
@@ -245,17 +250,11 @@ def _remove(site: str, subject: str, min_version: int):
     from shared.engine import EngineError, Gallery
 
     state = _site(site, None, min_version)
-    with _Snapshot() as db:
-        row = db.execute(
-            "SELECT block, slot, enrollment FROM subject WHERE site_id = ? AND subject_id = ?", (site, subject)
-        ).fetchone()
-    if row is None:
-        raise MatchError(UNKNOWN_SUBJECT, f"site {site!r} has no subject {subject!r}")
-    index, slot, enrollment = row
+    index, slot, enrollment = _subject_row(site, subject)
     gallery = Gallery(state.keys)
     block = _stored_block(site, index, state.keys)
     try:
-        block.remove(gallery.load_enrollment(bytes(enrollment)), slot)
+        block.remove(gallery.load_enrollment(enrollment), slot)
     except EngineError as exc:
         raise MatchError(UNAVAILABLE, f"stored gallery is inconsistent: {exc}") from None
     return state.version, index, block.to_bytes()
