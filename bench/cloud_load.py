@@ -15,7 +15,7 @@ Gallery creation uses the bulk-import path rather than 1000 HTTP enrollments (~0
 the device side encrypts whole blocks with `engine.encrypt_block` plus each subject's
 enrollment ciphertext (kept so the subject can be removed later), and `GalleryStore.import_block`
 stores them in one transaction before the service starts. The resulting blocks have exactly the
-layout enrollment builds. (There is no HTTP route for bulk import yet: see docs/api.md.)
+layout enrollment builds. (There is no HTTP route for bulk import yet: see shared/protocol.md.)
 """
 
 from __future__ import annotations

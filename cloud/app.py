@@ -2,7 +2,7 @@
 
 `create_app(config)` builds the application: the gallery store, the matcher pool, the MQTT
 bridge and the reply-signing key are resources of its `cleanup_ctx` (opened in that order,
-closed in reverse), kept in `web.AppKey` slots. Endpoints are those of docs/api.md.
+closed in reverse), kept in `web.AppKey` slots. Endpoints are those of shared/protocol.md.
 
 Request bodies are read with an explicit limit per route (the evaluation bundle may be 32 MiB,
 an enrollment 400 KB, everything else nothing), so an oversized upload is answered 413 before

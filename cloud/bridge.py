@@ -5,9 +5,8 @@ The paho client runs its own network thread. `on_message` parses and checks a re
 sealed (signed) and published to the request's ResponseTopic with its CorrelationData, a
 MessageExpiryInterval of `reply_ttl`, QoS 1 and never retained.
 
-Refusals follow docs/api.md: expired requests are dropped and counted; malformed requests,
-unknown sites or key ids get an error reply when a ResponseTopic exists, otherwise they are
-dropped and counted. A ResponseTopic other than the probe topic's own reply topic is never
+Refusals follow shared/protocol.md: expired or malformed requests, unknown sites or key ids get an
+error reply when a ResponseTopic exists, otherwise they are dropped and counted. A ResponseTopic other than the probe topic's own reply topic is never
 published to (dropped, reason ``bad_response_topic``): the cloud replies only where the device
 that the topic names listens. Nothing derived from a probe is ever logged.
 """
@@ -153,7 +152,7 @@ class MQTTBridge:
                          "CorrelationData differs from the request id")
             return
         if req.expired():
-            self._drop("expired")
+            self._refuse(response_topic, correlation, req, "expired", "the request expired before the cloud received it")
             return
         if self._closing:
             self._refuse(response_topic, correlation, req, "shutting_down", "the cloud is shutting down; retry", STATUS_BUSY)

@@ -1,4 +1,4 @@
-"""A small blocking client for the cloud's admin HTTP API (docs/api.md), for the CLI and agent.
+"""A small blocking client for the cloud's admin HTTP API (shared/protocol.md), for the CLI and agent.
 
 Errors come back as `CloudError` carrying the HTTP status and the server's JSON `error` text.
 """

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 KEY_FILE = "label.key"
 KEY_BYTES = 32
 NONCE_BYTES = 12
-MAX_LABEL_BYTES = 1024  # decoded size the cloud accepts (docs/api.md)
+MAX_LABEL_BYTES = 1024  # decoded size the cloud accepts (shared/protocol.md)
 
 
 class LabelError(ValueError):

@@ -1,4 +1,4 @@
-"""The cloud's HTTP API (docs/api.md) against the real engine and store, without MQTT."""
+"""The cloud's HTTP API (shared/protocol.md) against the real engine and store, without MQTT."""
 
 from __future__ import annotations
 

@@ -123,8 +123,10 @@ async def test_bad_payloads_refused_then_good_probe_answered(service, site_keys,
     assert reply.status == "error"
     # without a response topic: dropped and counted, no reply
     device.publish_raw(b"garbage", response=False)
-    # expired: dropped, no reply
-    device.probe(site_keys.key_id, probe, ttl=-1.0)
+    # expired: an error reply (the device refuses it as stale anyway), counted
+    expired = device.probe(site_keys.key_id, probe, ttl=-1.0)
+    reply = open_reply((await reply_of(device)).payload, cloud_key)
+    assert reply.status == "error" and "expired" in reply.message and reply.request_id == expired.request_id
     # still answers a good probe, and only that one arrives
     req = device.probe(site_keys.key_id, probe)
     reply = open_reply((await reply_of(device)).payload, cloud_key)
@@ -133,10 +135,10 @@ async def test_bad_payloads_refused_then_good_probe_answered(service, site_keys,
     with pytest.raises(queue.Empty):
         device.replies.get(timeout=0.2)
     metrics = client.app[METRICS]
-    assert metrics.get("blindgate_probes_dropped_total", reason="expired") == 1
+    assert metrics.get("blindgate_probes_refused_total", reason="expired") == 1
     assert metrics.get("blindgate_probes_dropped_total", reason="malformed") == 1
     text = await (await client.get("/metrics")).text()
-    assert 'blindgate_probes_dropped_total{reason="expired"} 1' in text
+    assert 'blindgate_probes_refused_total{reason="expired"} 1' in text
     assert 'blindgate_probes_answered_total{status="ok"} 1' in text
 
 

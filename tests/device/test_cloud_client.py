@@ -1,4 +1,4 @@
-"""The admin HTTP client against a tiny local server: requests as docs/api.md, clear errors."""
+"""The admin HTTP client against a tiny local server: requests as shared/protocol.md, clear errors."""
 
 import base64
 import json
