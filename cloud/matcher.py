@@ -28,7 +28,6 @@ import asyncio
 import logging
 import multiprocessing
 import os
-import sqlite3
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -76,7 +75,7 @@ class _SiteCache:
 
 
 _db_path: str | None = None
-_db: sqlite3.Connection | None = None
+_db = None  # GalleryStore, read-only
 _sites: dict[str, _SiteCache] = {}
 _keys: dict[str, object] = {}  # key_id -> EvaluationKeys (parsing a bundle costs tens of ms)
 
@@ -109,70 +108,62 @@ def _warm() -> int:
     return os.getpid()
 
 
-def _conn() -> sqlite3.Connection:
+def _store():
+    """This worker's read-only view of the gallery store, opened on first use."""
     global _db
     if _db is None:
-        uri = Path(_db_path).resolve().as_uri() + "?mode=ro"
+        from .store import GalleryStore, StoreError
+
         try:
-            _db = sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
+            _db = GalleryStore(_db_path, readonly=True)
+        except StoreError as exc:
             raise MatchError(UNAVAILABLE, f"gallery store cannot be opened: {exc}") from None
     return _db
 
 
-class _Snapshot:
-    """One read transaction on the store: the reads inside it see a single consistent state."""
+def _read(what, *args):
+    """Call a store read, turning its errors into the matcher's."""
+    from .store import StoreError, UnknownSite, UnknownSubject
 
-    def __enter__(self) -> sqlite3.Connection:
-        self.db = _conn()
-        try:
-            self.db.execute("BEGIN")
-        except sqlite3.Error as exc:
-            raise MatchError(UNAVAILABLE, f"gallery store cannot be read: {exc}") from None
-        return self.db
-
-    def __exit__(self, *exc) -> None:
-        if self.db.in_transaction:
-            self.db.execute("COMMIT")
-
-
-def _evaluation_keys(db: sqlite3.Connection, site: str, key_id: str):
-    from shared.engine import EvaluationKeys
-
-    keys = _keys.get(key_id)
-    if keys is None:
-        (bundle,) = db.execute("SELECT bundle FROM site WHERE site_id = ?", (site,)).fetchone()
-        keys = EvaluationKeys.from_bytes(bytes(bundle), expected_key_id=key_id)
-        _keys[key_id] = keys
-    return keys
+    try:
+        return what(*args)
+    except UnknownSite:
+        raise MatchError(UNKNOWN_SITE, f"site {args[0]!r} is not registered with this cloud") from None
+    except UnknownSubject as exc:
+        raise MatchError(UNKNOWN_SUBJECT, str(exc)) from None
+    except StoreError as exc:
+        raise MatchError(UNAVAILABLE, f"gallery store cannot be read: {exc}") from None
 
 
 def _site(site: str, key_id: str | None, min_version: int) -> _SiteCache:
     """The site's gallery at the store's current version (reloaded if this worker is behind)."""
-    from shared.engine import Block
+    from shared.engine import Block, EvaluationKeys
 
-    with _Snapshot() as db:
-        row = db.execute("SELECT key_id, version FROM site WHERE site_id = ?", (site,)).fetchone()
-        if row is None:
-            _sites.pop(site, None)
-            raise MatchError(UNKNOWN_SITE, f"site {site!r} is not registered with this cloud")
-        stored_key, version = row
-        if key_id is not None and key_id != stored_key:
-            raise MatchError(WRONG_KEY, f"key id {key_id!r} is not site {site!r}'s registered key id")
-        if version < min_version:
-            raise MatchError(UNAVAILABLE, f"gallery store is at version {version}, request needs {min_version}")
-        cached = _sites.get(site)
-        if cached is not None and cached.version == version and cached.key_id == stored_key:
-            return cached
-        started = time.perf_counter()
-        keys = _evaluation_keys(db, site, stored_key)
-        rows = db.execute("SELECT idx, data FROM block WHERE site_id = ? ORDER BY idx", (site,)).fetchall()
-        blocks = [Block.from_bytes(keys, bytes(data)) for _, data in rows]
-    cached = _SiteCache(version=version, key_id=stored_key, keys=keys, blocks=blocks)
+    cached = _sites.get(site)
+    try:
+        snap = _read(_store().gallery, site, cached.version if cached else None)
+    except MatchError:
+        _sites.pop(site, None)
+        raise
+    if key_id is not None and key_id != snap.key_id:
+        raise MatchError(WRONG_KEY, f"key id {key_id!r} is not site {site!r}'s registered key id")
+    if snap.version < min_version:
+        raise MatchError(UNAVAILABLE, f"gallery store is at version {snap.version}, request needs {min_version}")
+    if snap.blocks is None and cached is not None and cached.key_id == snap.key_id:
+        return cached
+    if snap.blocks is None:  # cached under another key id: read everything again
+        _sites.pop(site, None)
+        return _site(site, key_id, min_version)
+    started = time.perf_counter()
+    keys = _keys.get(snap.key_id)
+    if keys is None:
+        keys = _keys[snap.key_id] = EvaluationKeys.from_bytes(snap.bundle, expected_key_id=snap.key_id)
+    blocks = [Block.from_bytes(keys, data) for data in snap.blocks]
+    cached = _SiteCache(version=snap.version, key_id=snap.key_id, keys=keys, blocks=blocks)
     _sites[site] = cached
     log.info(
         "site loaded",
-        extra={"site": site, "gallery_version": version, "blocks": len(blocks), "seconds": round(time.perf_counter() - started, 3)},
+        extra={"site": site, "gallery_version": snap.version, "blocks": len(blocks), "seconds": round(time.perf_counter() - started, 3)},
     )
     return cached
 
@@ -196,13 +187,10 @@ def _identify(site: str, key_id: str, probe: bytes, min_version: int):
 
 def _subject_row(site: str, subject: str) -> tuple[int, int, bytes]:
     """(block, slot, enrollment ciphertext) of a stored subject."""
-    with _Snapshot() as db:
-        row = db.execute(
-            "SELECT block, slot, enrollment FROM subject WHERE site_id = ? AND subject_id = ?", (site, subject)
-        ).fetchone()
-    if row is None:
+    record = _read(_store().subject, site, subject)
+    if record is None:
         raise MatchError(UNKNOWN_SUBJECT, f"site {site!r} has no subject {subject!r}")
-    return row[0], row[1], bytes(row[2])
+    return record.block, record.slot, _read(_store().enrollment, site, subject)
 
 
 def _verify(site: str, key_id: str, probe: bytes, subject: str, min_version: int):
@@ -221,11 +209,11 @@ def _verify(site: str, key_id: str, probe: bytes, subject: str, min_version: int
 
 
 def _stored_block(site: str, index: int, keys):
+    """A fresh copy of one stored block (enrollment changes a copy, the cache stays as committed)."""
     from shared.engine import Block
 
-    with _Snapshot() as db:
-        row = db.execute("SELECT data FROM block WHERE site_id = ? AND idx = ?", (site, index)).fetchone()
-    return Block(keys) if row is None else Block.from_bytes(keys, bytes(row[0]))
+    data = _read(_store().block, site, index)
+    return Block(keys) if data is None else Block.from_bytes(keys, data)
 
 
 def _enroll(site: str, enrollment: bytes, min_version: int):

@@ -119,6 +119,16 @@ class SiteRecord:
 
 
 @dataclass(frozen=True)
+class GallerySnapshot:
+    """A site's gallery as of one transaction; bundle and blocks are None when the reader is current."""
+
+    key_id: str
+    version: int
+    bundle: bytes | None
+    blocks: list[bytes] | None
+
+
+@dataclass(frozen=True)
 class SubjectRecord:
     """One enrolled person: an opaque id, the device-encrypted label and where the template lives."""
 
@@ -174,9 +184,24 @@ class GalleryStore:
     call `close`.
     """
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, readonly: bool = False) -> None:
+        """Open (creating if needed) the store; `readonly` opens an existing one for readers such as matcher workers."""
         self.path = Path(path)
+        self.readonly = readonly
         self._lock = threading.Lock()
+        if readonly:
+            try:
+                self._db = sqlite3.connect(
+                    self.path.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT,
+                    isolation_level=None, check_same_thread=False,
+                )
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open gallery store {self.path} for reading: {exc}") from None
+            if version != SCHEMA_VERSION:
+                self._db.close()
+                raise StoreError(f"{self.path}: store schema {version}, this version reads {SCHEMA_VERSION}")
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             # Token hashes and bundles are no secret keys, but nobody else needs to read them.
@@ -381,6 +406,30 @@ class GalleryStore:
         if [idx for idx, _ in rows] != list(range(len(rows))):
             raise StoreError(f"site {site_id!r}: gallery block indexes {[idx for idx, _ in rows]} have gaps")
         return [bytes(data) for _, data in rows]
+
+    def block(self, site_id: str, block_index: int) -> bytes | None:
+        """One gallery block, or None when the index is past the last block."""
+        with self._read() as db:
+            self._require_site(db, site_id)
+            row = db.execute("SELECT data FROM block WHERE site_id = ? AND idx = ?", (site_id, block_index)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def gallery(self, site_id: str, known_version: int | None = None) -> GallerySnapshot:
+        """Key id and version, plus bundle and blocks unless the caller already holds `known_version`.
+
+        One transaction: the blocks are exactly those of the version returned, so a reply can
+        name the gallery version its results come from.
+        """
+        with self._read() as db:
+            row = db.execute("SELECT key_id, version FROM site WHERE site_id = ?", (site_id,)).fetchone()
+            if row is None:
+                raise UnknownSite(f"no site {site_id!r} is registered")
+            key_id, version = row
+            if version == known_version:
+                return GallerySnapshot(key_id, version, None, None)
+            (bundle,) = db.execute("SELECT bundle FROM site WHERE site_id = ?", (site_id,)).fetchone()
+            rows = db.execute("SELECT data FROM block WHERE site_id = ? ORDER BY idx", (site_id,)).fetchall()
+        return GallerySnapshot(key_id, version, bytes(bundle), [bytes(data) for (data,) in rows])
 
     def _put_block(self, db: sqlite3.Connection, site_id: str, block_index: int, block: bytes) -> None:
         count = db.execute("SELECT count(*) FROM block WHERE site_id = ?", (site_id,)).fetchone()[0]

@@ -98,6 +98,29 @@ def test_round_trip_of_everything(store: GalleryStore) -> None:
     }
 
 
+def test_readonly_reader_sees_consistent_gallery_snapshots(store: GalleryStore, db_path: Path) -> None:
+    enroll(store, 0)
+    reader = GalleryStore(db_path, readonly=True)
+    try:
+        snap = reader.gallery(SITE)
+        assert (snap.key_id, snap.version, snap.bundle) == ("key-1", 1, BUNDLE)
+        assert snap.blocks == [b"block 0 after subject 0"]
+        assert reader.gallery(SITE, known_version=1).blocks is None  # current: nothing re-read
+        enroll(store, 1)
+        enroll(store, 4)  # a second block
+        snap = reader.gallery(SITE, known_version=1)
+        assert snap.version == 3 and snap.blocks == [b"block 0 after subject 1", b"block 1 after subject 4"]
+        assert reader.block(SITE, 1) == b"block 1 after subject 4" and reader.block(SITE, 2) is None
+        with pytest.raises(UnknownSite):
+            reader.gallery("nowhere")
+        with pytest.raises(StoreError):  # a reader cannot write
+            reader.create_site("site-b", TOKEN, "key-2", BUNDLE)
+    finally:
+        reader.close()
+    with pytest.raises(StoreError, match="for reading"):
+        GalleryStore(db_path.parent / "missing.db", readonly=True)
+
+
 def test_new_subject_ids_are_random_and_opaque() -> None:
     ids = {new_subject_id() for _ in range(100)}
     assert len(ids) == 100
