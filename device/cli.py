@@ -267,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="local state and cloud stats")
     p = sub.add_parser("run", help="run the door agent")
     p.add_argument("--max-frames", type=int, default=None, help=argparse.SUPPRESS)
+    sub.add_parser("evaluate", add_help=False, help="accuracy and cost of encrypted matching on LFW pairs (see evaluate --help)")
     return parser
 
 
@@ -274,6 +275,11 @@ COMMANDS = {"init": cmd_init, "enroll": cmd_enroll, "list": cmd_list, "remove": 
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["evaluate"]:  # offline tooling with its own options; needs no config
+        from device.evaluate import main as evaluate
+
+        return evaluate(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         config = load_config(DeviceConfig, args.config)
