@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m device.demo
+	$(PY) -m device.demo $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

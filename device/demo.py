@@ -1,118 +1,399 @@
-"""Engine demonstration: enroll real faces into an encrypted gallery and identify probes.
+"""The whole system in one command: broker, cloud, a provisioned door, enrollment, a camera stream.
 
-    python -m device.demo [--faces DIR]
+    python -m device.demo [--faces DIR | --sample] [--camera SPEC --enroll NAME=IMAGE ...] [--keep]
 
-With ../shared/faces beside the repository it uses those people (first photo of each enrolled,
-the others as probes); without it, scikit-image's sample astronaut photograph, enrolled once and
-probed with altered copies, plus a stranger-like probe made from a flipped, shifted crop.
-Every step prints what it did and how long it took; no decrypted value is printed except on
-this machine's own terminal, which plays the device.
+It starts Mosquitto on a free loopback port (temporary config), the cloud service
+(`python -m cloud.cli serve`) on a fresh temporary state directory, provisions a site exactly as
+`blindgate-device init` does, enrolls people with `blindgate-device enroll`, then runs the door
+agent over a recorded camera stream with gpiozero's mock pin as the lock. Every decision and
+every lock change is printed as it happens, with the time of each step (detect, embed, encrypt,
+round trip, decrypt); distances and scores are never printed, exactly as the agent's events
+carry none. Ctrl-C (or SIGTERM) stops everything and removes the temporary files (unless --keep).
+
+People and camera:
+- with ../shared/faces beside the repository (or --faces DIR): the people of DIR/people are
+  enrolled and video/short_hamilton_clip.mp4 is the camera; the door must open for
+  lin_manuel_miranda (the one person in the clip) and for nobody else;
+- otherwise (or with --sample): scikit-image's sample astronaut photograph (shipped inside the
+  package, nothing is downloaded) is enrolled, and altered copies of it (brightness, noise, a
+  small shift) plus pictures without a face, written to a temporary folder, are the camera;
+- or your own: --camera SPEC (video file, image folder, device number, URL, picamera2) with
+  one or more --enroll NAME=IMAGE (and --expect NAME: who must get in).
+
+Exit status: 0 when the door opened for the expected person and never for anyone else,
+1 otherwise, 3 when Mosquitto is missing and cannot be installed, 130 when interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-from device.faces import FaceAnalyzer, FaceResult, load_image
-from shared.engine import (
-    EvaluationKeys,
-    Gallery,
-    decode_scan,
-    encrypt_enrollment,
-    encrypt_probe,
-    generate_site_keys,
-    scan,
-)
-
-DEFAULT_FACES = Path(__file__).resolve().parents[1].parent / "shared" / "faces" / "people"
+DEFAULT_FACES = Path(__file__).resolve().parents[1].parent / "shared" / "faces"
+VIDEO = Path("video") / "short_hamilton_clip.mp4"
+VIDEO_PERSON = "lin_manuel_miranda"  # the one person in the clip (faces/README.md)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+STAGES = (("detect", "detect_ms"), ("embed", "embed_ms"), ("encrypt", "encrypt_ms"), ("round trip", "round_trip_ms"), ("decrypt", "decrypt_ms"))
 
 
-def _people_from_folder(folder: Path) -> dict[str, list[tuple[str, np.ndarray]]]:
+class DemoError(RuntimeError):
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def phase(title: str) -> None:
+    print(f"\n== {title} ==", flush=True)
+
+
+def say(text: str) -> None:
+    print(f"  {text}", flush=True)
+
+
+# -- mosquitto -----------------------------------------------------------------------------------
+
+
+def ensure_mosquitto() -> str:
+    """The mosquitto binary; installed with apt-get when missing and we may (root or sudo -n)."""
+    from shared.launch import mosquitto_binary
+
+    found = mosquitto_binary()
+    if found:
+        return found
+    prefix: list[str] | None = None
+    if shutil.which("apt-get"):
+        if os.geteuid() == 0:
+            prefix = []
+        elif shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0:
+            prefix = ["sudo", "-n"]
+    if prefix is None:
+        raise DemoError(
+            "the mosquitto MQTT broker is not installed and I cannot install it (not root, no passwordless sudo).\n"
+            "  Install it, then run `make demo` again:\n"
+            "      sudo apt-get install mosquitto\n"
+            "  (the demo starts its own broker on a free loopback port; the system service is not used)",
+            code=3,
+        )
+    say(f"mosquitto not found: installing it with {'sudo ' if prefix else ''}apt-get install mosquitto")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "mosquitto"]):
+        if subprocess.run(prefix + cmd, env=env).returncode != 0:
+            raise DemoError(f"`{' '.join(prefix + cmd)}` failed; install mosquitto yourself and retry", code=3)
+    found = mosquitto_binary()
+    if not found:
+        raise DemoError("mosquitto still not found after apt-get install", code=3)
+    return found
+
+
+# -- what to enroll, what the camera shows -------------------------------------------------------
+
+
+def plan_real(faces: Path) -> tuple[dict[str, list[Path]], str, str, None]:
     people = {}
-    for person in sorted(p for p in folder.iterdir() if p.is_dir()):
-        images = sorted(f for f in person.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        people[person.name] = [(f.name, load_image(f)) for f in images]
+    for person in sorted(p for p in (faces / "people").iterdir() if p.is_dir()):
+        images = sorted(f for f in person.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and "partial" not in f.name)
+        if images:
+            people[person.name] = images[:3]  # up to three photos, averaged into one template
+    return people, str(faces / VIDEO), VIDEO_PERSON, None
+
+
+def plan_sample(workdir: Path) -> tuple[dict[str, list[Path]], str, str, dict[int, str | None]]:
+    """The astronaut enrolled from the original; the camera folder holds altered copies of it,
+    pictures without a face and a stranger (the sample cameraman). Also returns who each frame
+    shows, so an opening on the wrong frame is caught."""
+    import cv2
+    import numpy as np
+    from skimage import data  # sample images ship inside the package: no download
+
+    def save(path: Path, rgb) -> Path:
+        cv2.imwrite(str(path), cv2.cvtColor(np.asarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2BGR))
+        return path
+
+    face = data.astronaut()
+    enroll_dir, camera_dir = workdir / "enroll", workdir / "camera"
+    enroll_dir.mkdir()
+    camera_dir.mkdir()
+    enrolled = save(enroll_dir / "astronaut.png", face)
+    rng = np.random.default_rng(7)
+    f = face.astype(np.float64)
+    shifted = np.roll(face, (0, 8), axis=(0, 1))
+    stranger = np.kron(data.camera(), np.ones((2, 2), dtype=np.uint8))[..., None].repeat(3, axis=2)  # the cameraman
+    frames = [
+        ("coffee", None, data.coffee()),  # no face: skipped, not a verdict
+        ("cameraman", "cameraman", stranger),
+        ("cameraman-darker", "cameraman", stranger * 0.8),
+        ("astronaut-darker", "astronaut", f * 0.7),
+        ("astronaut-noisy", "astronaut", f + rng.normal(0, 8, f.shape)),
+        ("chelsea-the-cat", None, data.chelsea()),
+        ("astronaut-shifted", "astronaut", shifted),
+        ("astronaut-brighter", "astronaut", f * 1.2 + 10),
+        ("astronaut-shifted-noisy", "astronaut", shifted + rng.normal(0, 6, f.shape)),
+        ("astronaut-dim-noisy", "astronaut", f * 0.8 + rng.normal(0, 5, f.shape)),
+    ]
+    truth = {}
+    for i, (name, who, rgb) in enumerate(frames):
+        save(camera_dir / f"{i:02d}-{name}.png", np.clip(rgb, 0, 255))
+        truth[i] = who
+    return {"astronaut": [enrolled]}, str(camera_dir), "astronaut", truth
+
+
+def plan_custom(enroll: list[str]) -> dict[str, list[Path]]:
+    people: dict[str, list[Path]] = {}
+    for item in enroll:
+        name, sep, image = item.partition("=")
+        if not sep or not name or not image:
+            raise DemoError(f"--enroll {item!r}: expected NAME=IMAGE", code=2)
+        if not Path(image).is_file():
+            raise DemoError(f"--enroll {item!r}: no such image file", code=2)
+        people.setdefault(name, []).append(Path(image))
     return people
 
 
-def _people_from_sample() -> dict[str, list[tuple[str, np.ndarray]]]:
-    from skimage import data  # ships its sample images: no download
+# -- device side -------------------------------------------------------------------------------
 
-    face = data.astronaut()
-    darker = np.clip(face.astype(np.float64) * 0.7, 0, 255).astype(np.uint8)
-    noisy = np.clip(face + np.random.default_rng(0).normal(0, 8, face.shape), 0, 255).astype(np.uint8)
-    return {"astronaut": [("astronaut.png", face), ("astronaut-darker", darker), ("astronaut-noisy", noisy)]}
+
+def device_cli(config: Path, *args: str) -> tuple[int, str, str]:
+    """`blindgate-device --config CONFIG ARGS` in this process; (exit code, stdout, stderr)."""
+    from device.cli import main as device_main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = device_main(["--config", str(config), *args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def enroll_people(config: Path, people: dict[str, list[Path]]) -> list[str]:
+    enrolled = []
+    for name, images in people.items():
+        t0 = time.monotonic()
+        code, out, err = device_cli(config, "enroll", name, *map(str, images))
+        used = len(images)
+        if code != 0 and len(images) > 1:  # photos that do not agree: the first one alone
+            code, out, err = device_cli(config, "enroll", name, str(images[0]))
+            used = 1
+        if code != 0:
+            say(f"{name}: not enrolled ({(err.strip().splitlines() or ['failed'])[-1]})")
+            continue
+        answer = json.loads(out.strip().splitlines()[-1])
+        say(f"{name}: enrolled from {answer['faces']} of {used} photo(s) as subject {answer['subject']} "
+            f"(encrypted template -> cloud, {time.monotonic() - t0:.1f} s)")
+        enrolled.append(name)
+    return enrolled
+
+
+def make_agent_class():
+    from device.agent import Agent
+
+    class DemoAgent(Agent):
+        """The real agent; it also prints each judged frame and each lock change as they happen."""
+
+        t0 = time.monotonic()
+        frame_index = 0
+        openings: list[tuple[str | None, int]] = []
+        last_verdict = None
+        shown_lock: str | None = None
+        judged = 0
+
+        def stamp(self) -> str:
+            return f"{time.monotonic() - self.t0:6.1f}s"
+
+        def apply(self, verdict):
+            self.last_verdict = verdict
+            return super().apply(verdict)
+
+        def publish_lock_state(self) -> None:
+            super().publish_lock_state()
+            state = "LOCKED" if self.lock.is_locked else "UNLOCKED"
+            if state != self.shown_lock:
+                self.shown_lock = state
+                print(f"{self.stamp()}  lock -> {state}", flush=True)
+
+        def process_frame(self, rgb):
+            decision = super().process_frame(rgb)
+            if decision is None:
+                return None  # no usable face in this frame
+            self.judged += 1
+            verdict = self.last_verdict
+            if decision.event:
+                who = verdict.label if decision.event != "unknown" else "face"
+                what = f"{decision.event.upper()} {who or ''}".strip()
+            elif verdict.kind == "match":
+                what = f"match {verdict.label} ({decision.reason})"
+            else:
+                what = decision.reason
+            if decision.unlock:
+                self.openings.append((verdict.label, self.frame_index))
+            door = "LOCKED" if self.lock.is_locked else "UNLOCKED"
+            t = self.timings[-1] if self.timings else {}
+            steps = ", ".join(f"{name} {t.get(key, 0.0):.0f} ms" for name, key in STAGES)
+            print(f"{self.stamp()}  frame {self.frame_index:4d}  {what:56s} door {door:8s} ({steps})", flush=True)
+            return decision
+
+    return DemoAgent
+
+
+class NumberedCamera:
+    """Passes frames through, telling the agent which frame it is judging."""
+
+    def __init__(self, camera, agent) -> None:
+        self.camera, self.agent, self.frames = camera, agent, 0
+
+    def read(self):
+        frame = self.camera.read()
+        if frame is not None:
+            self.frames += 1
+            self.agent.frame_index = frame.index
+        return frame
+
+
+def run_door(config_path: Path, expected: str | None, enrolled: list[str], truth: dict[int, str | None] | None = None) -> int:
+    from device.agent import open_configured_camera
+    from shared.config import DeviceConfig, load_config
+
+    config = load_config(DeviceConfig, config_path)
+    agent = make_agent_class().from_config(config)
+    agent.t0 = time.monotonic()
+    try:
+        agent.connect(wait=10)
+        with open_configured_camera(config) as camera:
+            numbered = NumberedCamera(camera, agent)
+            agent.run(numbered)
+        deadline = time.monotonic() + config.decision.open_seconds + 0.5
+        while not agent.lock.is_locked and time.monotonic() < deadline:  # let the hold-open end
+            time.sleep(0.05)
+    finally:
+        agent.close()
+    if agent.shown_lock != "LOCKED":
+        print(f"{agent.stamp()}  lock -> LOCKED (agent stopped)")
+
+    phase("summary")
+    opened = [label for label, _ in agent.openings]
+    say(f"frames read {numbered.frames}, faces judged {agent.judged}, door opened {len(opened)} time(s)"
+        + (f" for {', '.join(sorted(set(map(str, opened))))}" if opened else ""))
+    counters = {k: v for k, v in sorted(agent.counters.items())}
+    say("counters: " + ", ".join(f"{k} {v}" for k, v in counters.items()))
+    timings = list(agent.timings)
+    if timings:
+        import statistics
+
+        say("median per judged frame: " + ", ".join(
+            f"{name} {statistics.median(t.get(key, 0.0) for t in timings):.0f} ms" for name, key in STAGES))
+    if expected is not None:
+        ok = expected in opened and all(label == expected for label in opened)
+        if truth is not None:  # and on frames that show that person
+            ok = ok and all(truth.get(index) == expected for _, index in agent.openings)
+        wanted = f"the door opened for {expected} and for nobody else"
+    else:
+        ok = bool(opened) and all(label in enrolled for label in opened)
+        wanted = "the door opened for an enrolled person"
+    say(("PASS: " if ok else "FAIL: expected ") + wanted)
+    return 0 if ok else 1
+
+
+# -- the whole system -------------------------------------------------------------------------------
+
+
+def _interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C: unwind, stop children, clean up
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--faces", type=Path, default=DEFAULT_FACES, help="folder of <person>/<images> (default ../shared/faces/people)")
+    parser = argparse.ArgumentParser(
+        prog="python -m device.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--faces", type=Path, default=DEFAULT_FACES, help="face data folder with people/ and video/ (default ../shared/faces)")
+    parser.add_argument("--sample", action="store_true", help="use scikit-image's sample photograph even if the face data is there")
+    parser.add_argument("--camera", help="camera source: video file, image folder, device number, URL or picamera2")
+    parser.add_argument("--enroll", action="append", default=[], metavar="NAME=IMAGE", help="enroll NAME from IMAGE (repeatable)")
+    parser.add_argument("--expect", metavar="NAME", help="who must get in (with --camera/--enroll)")
+    parser.add_argument("--fps", type=float, default=5.0, help="frames per second taken from a video (default 5)")
+    parser.add_argument("--realtime", action="store_true", help="pace recorded video like a live camera")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, state) at the end")
     args = parser.parse_args(argv)
+    if bool(args.camera) != bool(args.enroll):
+        parser.error("--camera and --enroll go together")
 
-    def step(msg: str, t0: float) -> None:
-        print(f"  {msg} ({(time.perf_counter() - t0) * 1000:.0f} ms)", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)
+    workdir = Path(tempfile.mkdtemp(prefix="blindgate-demo-"))
+    broker = cloud = None
+    code = 1
+    try:
+        phase("1/5 broker")
+        binary = ensure_mosquitto()
+        from shared.launch import CloudService, start_broker, write_device_config
 
-    if args.faces.is_dir():
-        print(f"faces: {args.faces}")
-        people = _people_from_folder(args.faces)
-    else:
-        print(f"faces: {args.faces} not found; using scikit-image's sample astronaut photograph")
-        people = _people_from_sample()
+        broker = start_broker(workdir / "mosquitto")
+        say(f"mosquitto ({binary}) listening on {broker.host}:{broker.port}, config {broker.workdir / 'mosquitto.conf'}")
 
-    t0 = time.perf_counter()
-    analyzer = FaceAnalyzer()
-    step("loaded dlib face models", t0)
+        phase("2/5 cloud service")
+        t0 = time.monotonic()
+        cloud = CloudService(workdir / "cloud", broker, workdir / "cloud.log").start()
+        say(f"python -m cloud.cli serve: pid {cloud.process.pid}, {cloud.url}, fresh state {cloud.state_dir} "
+            f"(ready in {time.monotonic() - t0:.1f} s, log {cloud.log_path})")
 
-    t0 = time.perf_counter()
-    keys = generate_site_keys()
-    step(f"device: generated site keys, evaluation bundle {len(keys.evaluation_bytes) / 1e6:.1f} MB, key id {keys.key_id}", t0)
-    gallery = Gallery(EvaluationKeys.from_bytes(keys.evaluation_bytes))
-    names: dict[tuple[int, int], str] = {}
+        if args.camera:
+            people, camera, expected, truth = plan_custom(args.enroll), args.camera, args.expect, None
+            say(f"camera {camera}, people from --enroll")
+        elif not args.sample and (args.faces / "people").is_dir() and (args.faces / VIDEO).is_file():
+            people, camera, expected, truth = plan_real(args.faces)
+            say(f"faces: {args.faces}; camera: {camera}")
+        else:
+            why = "--sample" if args.sample else f"{args.faces} not found"
+            people, camera, expected, truth = plan_sample(workdir)
+            say(f"faces: {why}; using scikit-image's sample astronaut photograph; camera: altered copies in {camera}")
 
-    print("enrolling (first photo of each person):")
-    probes = []
-    for name, images in people.items():
-        (first, rgb), rest = images[0], images[1:]
-        result = analyzer.analyze(rgb)
-        if not isinstance(result, FaceResult):
-            print(f"  {name}/{first}: skipped ({result.reason})")
-            continue
-        t0 = time.perf_counter()
-        enrollment = encrypt_enrollment(keys, result.embedding)
-        ref = gallery.add(enrollment)
-        names[(ref.block, ref.slot)] = name
-        step(f"{name}: {len(enrollment) / 1e3:.0f} KB enrollment ciphertext -> cloud slot {ref.slot}", t0)
-        probes += [(name, fname, img) for fname, img in rest]
-
-    print("identifying (the cloud sees only ciphertexts):")
-    correct = total = 0
-    for name, fname, rgb in probes:
-        result = analyzer.analyze(rgb)
-        if not isinstance(result, FaceResult):
-            print(f"  {name}/{fname}: skipped ({result.reason})")
-            continue
-        t0 = time.perf_counter()
-        probe = encrypt_probe(keys, result.embedding)
-        t1 = time.perf_counter()
-        replies = scan(gallery, probe)
-        t2 = time.perf_counter()
-        match = decode_scan(keys, result.embedding, replies, gallery.occupancy())
-        t3 = time.perf_counter()
-        who = names.get((match.best.block, match.best.slot)) if match.accepted() else None
-        total += 1
-        correct += who == name
-        verdict = f"OPEN for {who}" if who else "stay LOCKED (unknown)"
-        print(
-            f"  {name}/{fname}: {verdict:28s} encrypt {1000 * (t1 - t0):.0f} ms, "
-            f"cloud scan {1000 * (t2 - t1):.0f} ms, decrypt {1000 * (t3 - t2):.0f} ms"
+        phase("3/5 provision the door (blindgate-device init)")
+        config = write_device_config(
+            workdir / "device.toml", site="demo", cloud_url=cloud.url, broker=broker, state_dir=workdir / "device",
+            camera=camera, fps=args.fps, realtime=args.realtime, log_level="WARNING",  # decisions are printed instead
         )
-    print(f"{correct}/{total} probes identified as the right person")
-    return 0 if total and correct == total else 1
+        t0 = time.monotonic()
+        rc, out, err = device_cli(config, "init")
+        if rc != 0:
+            raise DemoError(f"init failed: {err.strip()}")
+        for line in out.strip().splitlines():
+            say(line)
+        say(f"(site keys generated and evaluation keys registered in {time.monotonic() - t0:.1f} s)")
+
+        phase("4/5 enroll")
+        enrolled = enroll_people(config, people)
+        if expected is not None and expected not in enrolled:
+            raise DemoError(f"{expected} could not be enrolled")
+
+        phase(f"5/5 door agent on {camera}" + (f" (must open for {expected} only)" if expected else ""))
+        code = run_door(config, expected, enrolled, truth)
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping", flush=True)
+        code = 130
+    except DemoError as exc:
+        print(f"demo: {exc}", file=sys.stderr, flush=True)
+        code = exc.code
+    except Exception as exc:  # a launch failure: say what and where the logs are
+        print(f"demo: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        code = 1
+        args.keep = True
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
+        if cloud is not None:
+            cloud.stop(20)
+        if broker is not None:
+            broker.stop()
+        if args.keep:
+            print(f"kept {workdir} (state, config, logs)")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    return code
 
 
 if __name__ == "__main__":

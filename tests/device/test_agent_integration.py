@@ -9,12 +9,8 @@ over time. Skips when the face data or mosquitto is missing.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -25,7 +21,8 @@ from device.agent import Agent
 from device.cli import main as device_main
 from device.lock import Lock
 from shared.config import DeviceConfig, load_config
-from tests.broker import free_port, start_broker
+from shared.launch import CloudService, LaunchError, write_device_config
+from tests.broker import start_broker
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(240)
@@ -40,54 +37,21 @@ def mqtt_broker(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cloud(mqtt_broker, tmp_path_factory):
-    if not (ROOT / "cloud" / "cli.py").exists():
-        pytest.skip("cloud service (cloud/cli.py) not available")
+    """The real cloud service (`python -m cloud.cli serve`, shared.launch) on a fresh state dir."""
     state = tmp_path_factory.mktemp("cloud")
-    port = free_port()
-    env = dict(
-        os.environ,
-        BLINDGATE_STATE_DIR=str(state),
-        BLINDGATE_HTTP_PORT=str(port),
-        BLINDGATE_MQTT_HOST=mqtt_broker.host,
-        BLINDGATE_MQTT_PORT=str(mqtt_broker.port),
-        BLINDGATE_LOG_FORMAT="text",
-    )
-    log = open(state / "cloud.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "cloud.cli", "serve"], cwd=ROOT, env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"cloud exited with {proc.returncode}: {(state / 'cloud.log').read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=1) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("cloud did not answer /healthz within 30 s")
-        time.sleep(0.2)
-    yield url
-    proc.terminate()
+    service = CloudService(state / "state", mqtt_broker, state / "cloud.log")
     try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        service.start()
+    except LaunchError as exc:
+        pytest.fail(str(exc))
+    yield service.url
+    service.stop(20)
 
 
 def provision(tmp_path: Path, cloud: str, broker, faces: Path, site: str, people: dict[str, list[str]], camera: str) -> Path:
     """Write a device config, `init`, and `enroll` each person; returns the config path."""
-    config = tmp_path / f"{site}.toml"
-    config.write_text(
-        f'site = "{site}"\ndevice_id = "door1"\ncloud_url = "{cloud}"\nstate_dir = "{tmp_path / site}"\n'
-        'log_format = "text"\n'
-        f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
-        f'[camera]\nsource = "{camera}"\nwidth = 640\nheight = 0\nfps = 5.0\nrealtime = false\n'
-        '[decision]\nframes_required = 2\nopen_seconds = 1.0\ncooldown_s = 1.0\nreply_timeout = 5.0\n'
-        '[lock]\npin_factory = "mock"\n'
+    config = write_device_config(
+        tmp_path / f"{site}.toml", site=site, cloud_url=cloud, broker=broker, state_dir=tmp_path / site, camera=camera
     )
     assert device_main(["--config", str(config), "init"]) == 0
     for name, files in people.items():
