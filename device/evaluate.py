@@ -15,8 +15,9 @@ of 300 same then 300 different pairs.
 
 Steps:
 1. every distinct image is embedded once (dlib HOG with upsample 1 and the 5-point ResNet model,
-   as face_recognition does; the largest face, or with --select centre the one nearest the
-   image centre; no blur or size gate: every pair is scored), with
+   as face_recognition does; where several faces are found, the one nearest the image centre,
+   as LFW crops are centred on the named person (--select largest: the door's choice); no blur
+   or size gate: every pair is scored), with
    a progress line on stderr and an .npz cache so that a rerun skips the embedding;
 2. every pair's plaintext distance (numpy) and its encrypted distance through the real engine,
    1:1 as in the paper (encrypt_enrollment of the first image, encrypt_probe of the second,
@@ -925,8 +926,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--select",
         choices=("largest", "centre"),
-        default="largest",
-        help="face to embed when several are found: the largest (default, as the door device) or the one nearest the image centre",
+        default="centre",
+        help="face to embed when several are found: the one nearest the image centre (default: LFW "
+        "images are crops centred on the named person) or the largest (as the door device picks)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     return parser
