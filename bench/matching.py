@@ -46,7 +46,6 @@ from shared.engine import (  # noqa: E402
     scan_blocks,
     verify,
 )
-from shared.engine.context import to_bytes  # noqa: E402
 
 SLOTS = 4096
 
@@ -129,7 +128,7 @@ def main() -> None:
             blocks = blocks + [Block.from_bytes(evk, encrypt_block(keys, templates[first:n]))]
         runs = args.runs if n <= 16384 else max(2, args.runs // 2)
         log(f"scanning gallery of {n} ({len(blocks)} blocks), {runs} runs")
-        ms, times, replies = timed(lambda: scan_blocks(evk, blocks, probe), runs)
+        ms, _, replies = timed(lambda: scan_blocks(evk, blocks, probe), runs)
         reply_bytes = len(replies[0])
         match = decode_scan(keys, x, replies, [b.occupied for b in blocks])
         expected = np.linalg.norm(templates[:n] - x, axis=1)
@@ -151,7 +150,6 @@ def main() -> None:
         )
         numpy_ms, _, _ = timed(lambda: np.linalg.norm(templates[:n] - x, axis=1), args.runs)
         results.append({"method": "numpy", "gallery": n, "median_ms": numpy_ms, "runs": args.runs})
-        del blocks, replies
 
     # 1:1 verification, per template.
     sample = templates[: args.sample]

@@ -203,7 +203,7 @@ def cmd_status(config: DeviceConfig, args) -> int:
     try:
         keys = state.load_keys()
         out["key_id"] = keys.key_id
-        link = state.load_cloud()
+        state.load_cloud()  # raises StateError when not registered
         out["registered"] = True
         out["cloud_url"] = config.cloud_url
         try:

@@ -6,10 +6,6 @@ import base64
 import math
 import os
 import queue
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -92,66 +88,3 @@ class Device:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class ServiceProcess:
-    """`python -m cloud.cli serve` as a subprocess, configured through BLINDGATE_* variables."""
-
-    def __init__(self, state_dir: Path, broker, log_path: Path, **env) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        environ = dict(os.environ)
-        environ.update(
-            BLINDGATE_STATE_DIR=str(state_dir),
-            BLINDGATE_HTTP_PORT=str(self.port),
-            BLINDGATE_MQTT_HOST=broker.host,
-            BLINDGATE_MQTT_PORT=str(broker.port),
-            BLINDGATE_WORKERS="1",
-            BLINDGATE_LOG_FORMAT="text",
-            PYTHONPATH=str(ROOT),
-        )
-        environ.update({k: str(v) for k, v in env.items()})
-        self.log_path = log_path
-        self.log = open(log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cloud.cli", "serve"], cwd=ROOT, env=environ, stdout=self.log, stderr=self.log
-        )
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        import json
-        import urllib.request
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"service exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as resp:
-                    if json.load(resp).get("mqtt_connected"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"service not ready within {timeout} s:\n{self.log_path.read_text()[-3000:]}")
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-        return self.process.returncode
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
-        self.log.close()

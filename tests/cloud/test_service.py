@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import threading
 import time
 import urllib.error
@@ -17,7 +15,9 @@ import pytest
 from shared.engine import decode_scan, encrypt_enrollment, encrypt_probe
 from shared.protocol import open_reply, public_key_from_text
 
-from .conftest import Device, ServiceProcess, embeddings, enroll_headers
+from shared.launch import CloudService
+
+from .conftest import Device, embeddings, enroll_headers
 
 FACES = embeddings(3, seed=21)
 
@@ -55,18 +55,16 @@ def assert_matches(device: Device, cloud_key, site_keys, face, slot: int) -> Non
 
 @pytest.fixture
 def services(broker, tmp_path):
-    started: list[ServiceProcess] = []
+    started: list[CloudService] = []
 
-    def start(**env) -> ServiceProcess:
-        proc = ServiceProcess(tmp_path / "state", broker, tmp_path / f"service{len(started)}.log", **env)
+    def start(**env) -> CloudService:
+        proc = CloudService(tmp_path / "state", broker, tmp_path / f"service{len(started)}.log", env=env)
         started.append(proc)
-        proc.wait_ready()
-        return proc
+        return proc.start()
 
     yield start
     for proc in started:
-        if proc.process.poll() is None:
-            proc.stop()
+        proc.stop()
 
 
 def test_shared_subscription_two_processes(broker, services, site_keys):
@@ -150,8 +148,7 @@ def test_kill_during_enrollment(broker, services, site_keys):
     thread = threading.Thread(target=enroll_many)
     thread.start()
     time.sleep(0.9)  # enrollments (~0.4 s each) are under way
-    os.kill(first.process.pid, signal.SIGKILL)
-    first.process.wait()
+    first.kill()
     thread.join(30)
     committed = [body["subject"] for result in results if result and result[0] == 201 for _, body in [result]]
 
