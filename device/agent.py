@@ -531,10 +531,16 @@ class Agent:
                 if max_frames is not None and frames >= max_frames:
                     break
         finally:
+            if not self._stop.is_set():
+                # The stream ended with the door open: the hold-open time runs out as usual.
+                deadline = time.monotonic() + self.decision.config.open_seconds + 1.0
+                while self.decision.is_open and time.monotonic() < deadline:
+                    time.sleep(0.05)
             if notifier is not None:
                 notifier.stopping()
             self._stop.set()
             self._ticker.join(2)
+            self.tick()  # no frames are judged any more: nothing may stay open
 
     def stop(self) -> None:
         self._stop.set()
