@@ -13,21 +13,19 @@ import numpy as np
 import pytest
 
 from device import evaluate
-from device.evaluate import (
-    InputError,
-    Progress,
+from device.evaluation import embedding
+from device.evaluation.common import InputError
+from device.evaluation.embedding import Progress, embed_image, fallback_box
+from device.evaluation.metrics import (
     accuracy,
     best_threshold,
-    embed_image,
-    fallback_box,
     kfold_accuracy,
-    limit_pairs,
-    parse_pairs,
     roc_auc,
     roc_curve,
     tar_at_false_accepts,
     tar_at_far,
 )
+from device.evaluation.pairs import image_path, limit_pairs, parse_pairs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -53,7 +51,7 @@ def test_parses_the_one_fold_development_format(tmp_path):
     assert {p.fold for p in parsed.pairs} == {0}
     assert parsed.pairs[0].first == ("Abdullah_Gul", 13) and parsed.pairs[0].second == ("Abdullah_Gul", 14)
     assert parsed.pairs[4].first == ("Aaron_Guiel", 1) and parsed.pairs[4].second == ("Reese_Witherspoon", 3)
-    assert evaluate.image_path(Path("/lfw"), parsed.pairs[0].first) == Path("/lfw/Abdullah_Gul/Abdullah_Gul_0013.jpg")
+    assert image_path(Path("/lfw"), parsed.pairs[0].first) == Path("/lfw/Abdullah_Gul/Abdullah_Gul_0013.jpg")
 
 
 def test_parses_the_ten_fold_protocol_with_tiny_folds(tmp_path):
@@ -189,8 +187,8 @@ def test_face_selection_largest_or_nearest_the_centre():
     big_corner = FaceBox(0, 120, 120, 0)  # detect() lists the largest first
     small_centre = FaceBox(80, 170, 170, 80)
     boxes = [big_corner, small_centre]
-    assert evaluate.select_face(boxes, 250, 250) is big_corner
-    assert evaluate.select_face(boxes, 250, 250, "centre") is small_centre
+    assert embedding.select_face(boxes, 250, 250) is big_corner
+    assert embedding.select_face(boxes, 250, 250, "centre") is small_centre
 
 
 def test_no_face_images_are_embedded_and_counted(tmp_path, analyzer):
