@@ -27,9 +27,7 @@ import os
 import queue
 import secrets
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -50,7 +48,7 @@ from cloud.app import DB_NAME, load_or_create_signing_key  # noqa: E402
 from cloud.store import GalleryStore, new_subject_id  # noqa: E402
 from shared.engine import decode_scan, encrypt_block, encrypt_enrollment, encrypt_probe, generate_site_keys  # noqa: E402
 from shared.protocol import encode_probe_request, new_probe_request, open_reply, probe_topic, reply_topic  # noqa: E402
-from tests.broker import free_port, start_broker  # noqa: E402
+from shared.launch import CloudService, start_broker  # noqa: E402
 
 SITE = "bench"
 
@@ -138,35 +136,21 @@ def main() -> int:
     probes = [(i, encrypt_probe(keys, faces[i] + rng.normal(0, 0.01, 128))) for i in probe_faces]
 
     broker = start_broker(workdir / "mosquitto")
-    http_port = free_port()
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(ROOT),
-        BLINDGATE_STATE_DIR=str(state_dir),
-        BLINDGATE_HTTP_PORT=str(http_port),
-        BLINDGATE_MQTT_HOST=broker.host,
-        BLINDGATE_MQTT_PORT=str(broker.port),
-        BLINDGATE_WORKERS=str(args.workers),
-        BLINDGATE_QUEUE_SIZE=str(args.queue_size),
-        BLINDGATE_LOG_LEVEL="WARNING",
+    service = CloudService(
+        state_dir,
+        broker,
+        workdir / "service.log",
+        env={
+            "BLINDGATE_WORKERS": args.workers,
+            "BLINDGATE_QUEUE_SIZE": args.queue_size,
+            "BLINDGATE_LOG_LEVEL": "WARNING",
+        },
     )
-    service_log = open(workdir / "service.log", "wb")
-    service = subprocess.Popen([sys.executable, "-m", "cloud.cli", "serve"], cwd=ROOT, env=env, stdout=service_log, stderr=service_log)
     devices: list[Device] = []
     result: dict = {}
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if service.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"service did not start; see {workdir / 'service.log'}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=1) as resp:
-                    if json.load(resp).get("mqtt_connected"):
-                        break
-            except OSError:
-                pass
-            time.sleep(0.2)
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v1/cloud-key") as resp:
+        service.start()
+        with urllib.request.urlopen(f"{service.url}/v1/cloud-key") as resp:
             from shared.protocol import public_key_from_text
 
             cloud_key = public_key_from_text(json.load(resp)["cloud_public_key"])
@@ -223,14 +207,14 @@ def main() -> int:
             answered[reply.request_id] = (reply.status, received - sent_at)
             if reply.status == "ok" and args.check_every and number % args.check_every == 0:
                 checked += 1
-                occupancy = [np.unpackbits(np.frombuffer(r.occupied, dtype=np.uint8)).astype(bool) for r in reply.results]
+                occupancy = [r.occupancy() for r in reply.results]
                 match = decode_scan(keys, faces[face_index] , [r.ciphertext for r in reply.results], occupancy)
                 if match.best is None or match.best.block * keys.params.slots + match.best.slot != face_index:
                     wrong_match += 1
 
         ok = [lat for status, lat in answered.values() if status == "ok"]
         statuses = [status for status, _ in answered.values()]
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics") as resp:
+        with urllib.request.urlopen(f"{service.url}/metrics") as resp:
             metrics_text = resp.read().decode()
         result = {
             "gallery": args.gallery,
@@ -270,13 +254,7 @@ def main() -> int:
     finally:
         for device in devices:
             device.close()
-        if service.poll() is None:
-            service.send_signal(signal.SIGTERM)
-            try:
-                service.wait(30)
-            except subprocess.TimeoutExpired:
-                service.kill()
-        service_log.close()
+        service.stop()
         service_cpu = os.times()  # children: the service and, through it, its matcher workers
         broker.stop()
         if args.keep:

@@ -85,7 +85,6 @@ def main() -> int:
     t0 = time.perf_counter()
     block = Block.from_bytes(evaluation, encrypt_block(keys, templates))
     log(f"gallery of {args.gallery} built in {time.perf_counter() - t0:.1f} s")
-    occupied = np.packbits(block.occupied).tobytes()
 
     state = Path(tempfile.mkdtemp(prefix="bg-bench-"))
     LabelCipher.create_key(state)
@@ -107,7 +106,7 @@ def main() -> int:
         req = decode_probe_request(payload)
         (ct,) = scan_blocks(evaluation, [block], req.probe)
         reply = Reply(STATUS_OK, req.site, req.device, req.request_id, req.nonce, 1, time.time() + 10,
-                      (BlockResult(0, occupied, ct),))
+                      (BlockResult.of(0, block.occupied, ct),))
         return seal_reply(reply, signer)
 
     broker = client = None

@@ -178,7 +178,7 @@ def _identify(site: str, key_id: str, probe: bytes, min_version: int):
     except EngineError as exc:
         raise MatchError(BAD_REQUEST, str(exc)) from None
     results = [
-        BlockResult(block=index, occupied=np.packbits(block.occupied).tobytes(), ciphertext=out)
+        BlockResult.of(index, block.occupied, out)
         for index, (block, out) in enumerate(zip(state.blocks, outputs))
         if out is not None
     ]
@@ -205,7 +205,7 @@ def _verify(site: str, key_id: str, probe: bytes, subject: str, min_version: int
         raise MatchError(BAD_REQUEST, str(exc)) from None
     occupied = np.zeros(state.keys.params.slots, dtype=bool)
     occupied[slot] = True
-    return state.version, [BlockResult(block=block, occupied=np.packbits(occupied).tobytes(), ciphertext=result)]
+    return state.version, [BlockResult.of(block, occupied, result)]
 
 
 def _stored_block(site: str, index: int, keys):

@@ -228,13 +228,9 @@ class Agent:
         if len(set(blocks)) != len(blocks) or any(b < 0 for b in blocks):
             return Verdict(DOUBT, "reply lists a block twice", request_id=rid)
         try:
-            occupancy = []
-            for r in reply.results:
-                if len(r.occupied) != slots // 8:
-                    raise EngineError(f"block {r.block}: occupancy of {len(r.occupied)} bytes")
-                occupancy.append(np.unpackbits(np.frombuffer(r.occupied, dtype=np.uint8)).astype(bool))
+            occupancy = [r.occupancy(slots) for r in reply.results]
             match = decode_scan(self.keys, embedding, [r.ciphertext for r in reply.results], occupancy)
-        except (EngineError, ValueError) as exc:
+        except (EngineError, ProtocolError, ValueError) as exc:
             return Verdict(DOUBT, f"cannot decode the result: {exc}", request_id=rid)
         distance = match.distance
         if match.best is None or not math.isfinite(distance):

@@ -21,6 +21,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -230,6 +231,17 @@ class BlockResult:
     block: int
     occupied: bytes  # numpy.packbits of the block's occupancy (512 bytes for 4096 slots)
     ciphertext: bytes = field(repr=False)
+
+    @classmethod
+    def of(cls, block: int, occupied: np.ndarray, ciphertext: bytes) -> "BlockResult":
+        """Pack a block's boolean occupancy (one bit per slot) with its result."""
+        return cls(block=block, occupied=np.packbits(np.asarray(occupied, dtype=bool)).tobytes(), ciphertext=ciphertext)
+
+    def occupancy(self, slots: int | None = None) -> np.ndarray:
+        """The boolean occupancy; with `slots`, refuse one that does not cover exactly that many."""
+        if slots is not None and len(self.occupied) * 8 != slots:
+            raise ProtocolError(f"block {self.block}: occupancy of {len(self.occupied)} bytes, expected {slots // 8}")
+        return np.unpackbits(np.frombuffer(self.occupied, dtype=np.uint8)).astype(bool)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import numpy as np
 import pytest
 import pytest_asyncio
 
@@ -49,7 +48,7 @@ async def scan_decodes(client, site_keys, faces, expect_slots):
     pool = client.app[POOL]
     for face, slot in zip(faces, expect_slots):
         version, results = await pool.identify("home", site_keys.key_id, encrypt_probe(site_keys, face), 0)
-        occupancy = [np.unpackbits(np.frombuffer(r.occupied, dtype=np.uint8)).astype(bool) for r in results]
+        occupancy = [r.occupancy() for r in results]
         match = decode_scan(site_keys, face, [r.ciphertext for r in results], occupancy)
         assert match.best.slot == slot and match.distance < 1e-2
 

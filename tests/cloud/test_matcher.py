@@ -6,7 +6,6 @@ import asyncio
 import secrets
 import time
 
-import numpy as np
 import pytest
 
 from cloud.matcher import BUSY, UNKNOWN_SITE, WRONG_KEY, MatcherPool, MatchError
@@ -19,7 +18,7 @@ pytestmark = pytest.mark.asyncio
 
 
 def decode(site_keys, face, results):
-    occupancy = [np.unpackbits(np.frombuffer(r.occupied, dtype=np.uint8)).astype(bool) for r in results]
+    occupancy = [r.occupancy() for r in results]
     return decode_scan(site_keys, face, [r.ciphertext for r in results], occupancy)
 
 

@@ -67,7 +67,7 @@ async def test_identify_round_trip(service, site_keys):
     reply = open_reply(msg.payload, cloud_key)
     assert pending.accept(reply) == req
     assert reply.status == "ok" and reply.gallery_version == 4 and len(reply.results) == 1
-    occupancy = [np.unpackbits(np.frombuffer(r.occupied, dtype=np.uint8)).astype(bool) for r in reply.results]
+    occupancy = [r.occupancy() for r in reply.results]
     match = decode_scan(site_keys, face, [r.ciphertext for r in reply.results], occupancy)
     assert match.best.slot == 2
     expected = np.linalg.norm(FACES - face, axis=1)
@@ -81,7 +81,7 @@ async def test_verify_mode(service, site_keys):
     req = device.probe(site_keys.key_id, encrypt_probe(site_keys, face), mode=MODE_VERIFY, subject=subjects[1])
     reply = open_reply((await reply_of(device)).payload, cloud_key)
     assert reply.request_id == req.request_id and reply.status == "ok" and len(reply.results) == 1
-    occupied = np.unpackbits(np.frombuffer(reply.results[0].occupied, dtype=np.uint8))
+    occupied = reply.results[0].occupancy()
     assert occupied.sum() == 1 and occupied[1] == 1
     assert decode_verify(site_keys, reply.results[0].ciphertext) < 1e-2
     req = device.probe(site_keys.key_id, encrypt_probe(site_keys, face), mode=MODE_VERIFY, subject="0" * 32)

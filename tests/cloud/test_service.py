@@ -9,7 +9,6 @@ import urllib.error
 import urllib.request
 from collections import Counter
 
-import numpy as np
 import pytest
 
 from shared.engine import decode_scan, encrypt_enrollment, encrypt_probe
@@ -48,7 +47,7 @@ def assert_matches(device: Device, cloud_key, site_keys, face, slot: int) -> Non
     device.probe(site_keys.key_id, encrypt_probe(site_keys, face))
     reply = open_reply(device.reply(30).payload, cloud_key)
     assert reply.status == "ok", reply.message
-    occupancy = [np.unpackbits(np.frombuffer(r.occupied, dtype=np.uint8)).astype(bool) for r in reply.results]
+    occupancy = [r.occupancy() for r in reply.results]
     match = decode_scan(site_keys, face, [r.ciphertext for r in reply.results], occupancy)
     assert match.best.slot == slot and match.distance < 1e-2
 

@@ -82,7 +82,7 @@ def sealed(world, req, embedding=None, signer=None, **changes):
     from shared.engine import encrypt_probe
 
     results = tuple(
-        BlockResult(i, np.packbits(block.occupied).tobytes(), ct)
+        BlockResult.of(i, block.occupied, ct)
         for i, (block, ct) in enumerate(zip(world.gallery.blocks, scan(world.gallery, encrypt_probe(world.keys, embedding))))
     )
     fields = dict(status=STATUS_OK, site=req.site, device=req.device, request_id=req.request_id, nonce=req.nonce,
@@ -177,7 +177,7 @@ def _corrupt_ciphertext(world, req):
     good = sealed(world, req)  # noqa: F841 - builds the right results to copy
     from shared.engine import encrypt_probe
 
-    result = BlockResult(0, np.packbits(world.gallery.blocks[0].occupied).tobytes(), encrypt_probe(world.keys, world.alice))
+    result = BlockResult.of(0, world.gallery.blocks[0].occupied, encrypt_probe(world.keys, world.alice))
     return [sealed(world, req, results=(result,))]
 
 
@@ -186,8 +186,7 @@ def _slot_not_in_directory(world, req):
     from shared.engine import encrypt_probe
 
     ct = scan(world.gallery, encrypt_probe(world.keys, world.alice))[0]
-    occupied = np.packbits(world.gallery.blocks[0].occupied).tobytes()
-    return [sealed(world, req, results=(BlockResult(3, occupied, ct),))]
+    return [sealed(world, req, results=(BlockResult.of(3, world.gallery.blocks[0].occupied, ct),))]
 
 
 def _newer_gallery_unlisted(world, req):
