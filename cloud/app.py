@@ -150,18 +150,15 @@ async def authorize_site(request: web.Request, site: str) -> None:
 
 async def lookup_site(app: web.Application, site: str):
     """The site's record (key id, gallery version), from this process' cache or the store."""
-    record = app[SITES].get(site)
-    if record is None:
-        record = await in_thread(app[STORE].site, site)
-        if record is not None:
-            app[SITES][site] = record
-    return record
+    return app[SITES].get(site) or await _refresh_site(app, site)
 
 
-async def _refresh_site(app: web.Application, site: str) -> None:
+async def _refresh_site(app: web.Application, site: str):
+    """Re-read the site's record from the store into this process' cache."""
     record = await in_thread(app[STORE].site, site)
     if record is not None:
         app[SITES][site] = record
+    return record
 
 
 def _match_error(exc: MatchError) -> web.HTTPException:
@@ -262,17 +259,13 @@ async def list_subjects(request: web.Request) -> web.Response:
     site = _site_param(request)
     await authorize_site(request, site)
 
-    def read():
-        with_version = app[STORE].site(site)
-        return with_version, app[STORE].subjects(site)
-
     try:
-        record, subjects = await in_thread(read)
+        version, subjects = await in_thread(app[STORE].directory, site)
     except UnknownSite as exc:
         raise json_error(404, str(exc)) from None
     return web.json_response(
         {
-            "gallery_version": record.version,
+            "gallery_version": version,
             "subjects": [
                 {
                     "subject": s.subject_id,

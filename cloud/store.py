@@ -596,12 +596,20 @@ class GalleryStore:
 
     def subjects(self, site_id: str) -> list[SubjectRecord]:
         """Every subject of the site, in order of enrollment (insertion order, not the clock)."""
+        return self.directory(site_id)[1]
+
+    def directory(self, site_id: str) -> tuple[int, list[SubjectRecord]]:
+        """The gallery version and every subject at that version, read in one transaction.
+
+        Devices map a decoded (block, slot) to a subject through this list, keyed by the version a
+        reply names: the two must come from the same state.
+        """
         with self._read() as db:
-            self._require_site(db, site_id)
+            version = self._require_site(db, site_id)
             rows = db.execute(
                 f"SELECT {self._SUBJECT_COLUMNS} FROM subject WHERE site_id = ? ORDER BY id", (site_id,)
             ).fetchall()
-        return [self._subject(row) for row in rows]
+        return version, [self._subject(row) for row in rows]
 
     def subject_at(self, site_id: str, block: int, slot: int) -> SubjectRecord | None:
         """Who occupies a slot: turns a decoded scan hit into a subject."""

@@ -121,6 +121,16 @@ def test_readonly_reader_sees_consistent_gallery_snapshots(store: GalleryStore, 
         GalleryStore(db_path.parent / "missing.db", readonly=True)
 
 
+def test_directory_pairs_subjects_with_their_gallery_version(store: GalleryStore) -> None:
+    assert store.directory(SITE) == (0, [])
+    enroll(store, 0)
+    enroll(store, 1)
+    version, subjects = store.directory(SITE)
+    assert version == 2 and [s.subject_id for s in subjects] == ["subject-0000", "subject-0001"]
+    with pytest.raises(UnknownSite):
+        store.directory("nowhere")
+
+
 def test_new_subject_ids_are_random_and_opaque() -> None:
     ids = {new_subject_id() for _ in range(100)}
     assert len(ids) == 100
