@@ -267,10 +267,7 @@ def run_door(config_path: Path, expected: str | None, enrolled: list[str], truth
         agent.connect(wait=10)
         with open_configured_camera(config) as camera:
             numbered = NumberedCamera(camera, agent)
-            agent.run(numbered)
-        deadline = time.monotonic() + config.decision.open_seconds + 0.5
-        while not agent.lock.is_locked and time.monotonic() < deadline:  # let the hold-open end
-            time.sleep(0.05)
+            agent.run(numbered)  # returns once the door has locked again
     finally:
         agent.close()
     if agent.shown_lock != "LOCKED":
