@@ -1,6 +1,6 @@
 """Benchmark: the cloud service under load from simulated door devices, end to end over MQTT.
 
-Starts its own Mosquitto and `python -m cloud.cli serve` on loopback, fills a site's gallery
+Starts its own Mosquitto and `python -m blindgate.cloud.cli serve` on loopback, fills a site's gallery
 with G subjects, then K devices each publish real encrypted probes at `--rate` per second for
 `--duration` seconds. Prints one JSON object on stdout (progress on stderr):
 
@@ -35,20 +35,17 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 import numpy as np  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
-from cloud.app import DB_NAME, load_or_create_signing_key  # noqa: E402
-from cloud.store import GalleryStore, new_subject_id  # noqa: E402
-from shared.engine import decode_scan, encrypt_block, encrypt_enrollment, encrypt_probe, generate_site_keys  # noqa: E402
-from shared.protocol import encode_probe_request, new_probe_request, open_reply, probe_topic, reply_topic  # noqa: E402
-from shared.launch import CloudService, start_broker  # noqa: E402
+from blindgate.cloud.app import DB_NAME, load_or_create_signing_key  # noqa: E402
+from blindgate.cloud.store import GalleryStore, new_subject_id  # noqa: E402
+from blindgate.shared.engine import decode_scan, encrypt_block, encrypt_enrollment, encrypt_probe, generate_site_keys  # noqa: E402
+from blindgate.shared.launch import CloudService, start_broker  # noqa: E402
+from blindgate.shared.protocol import encode_probe_request, new_probe_request, open_reply, probe_topic, reply_topic  # noqa: E402
 
 SITE = "bench"
 
@@ -151,7 +148,7 @@ def main() -> int:
     try:
         service.start()
         with urllib.request.urlopen(f"{service.url}/v1/cloud-key") as resp:
-            from shared.protocol import public_key_from_text
+            from blindgate.shared.protocol import public_key_from_text
 
             cloud_key = public_key_from_text(json.load(resp)["cloud_public_key"])
 

@@ -30,8 +30,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np  # noqa: E402
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
@@ -59,13 +57,13 @@ def main() -> int:
 
     import cv2
 
-    from device.agent import MATCH, Agent, SubjectDirectory
-    from device.faces import FaceAnalyzer, load_image
-    from device.labels import LabelCipher
-    from device.lock import Lock
-    from shared.config import DecisionConfig, DeviceConfig
-    from shared.engine import Block, encrypt_block, encrypt_probe, generate_site_keys, scan_blocks
-    from shared.protocol import (
+    from blindgate.device.agent import MATCH, Agent, SubjectDirectory
+    from blindgate.device.faces import FaceAnalyzer, load_image
+    from blindgate.device.labels import LabelCipher
+    from blindgate.device.lock import Lock
+    from blindgate.shared.config import DecisionConfig, DeviceConfig
+    from blindgate.shared.engine import Block, encrypt_block, encrypt_probe, generate_site_keys, scan_blocks
+    from blindgate.shared.protocol import (
         STATUS_OK,
         BlockResult,
         Reply,

@@ -26,15 +26,12 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import tenseal as ts  # noqa: E402
 import tenseal.sealapi as seal  # noqa: E402
 
-from shared.engine import (  # noqa: E402
+from blindgate.shared.engine import (  # noqa: E402
     Block,
     EvaluationKeys,
     decode_scan,

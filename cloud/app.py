@@ -28,9 +28,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from shared.config import CloudConfig
-from shared.engine.keys import MAX_BUNDLE_BYTES
-from shared.protocol import (
+from blindgate.shared.config import CloudConfig
+from blindgate.shared.engine.keys import MAX_BUNDLE_BYTES
+from blindgate.shared.protocol import (
     ProtocolError,
     check_name,
     new_signing_key,

@@ -27,9 +27,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from shared.config import CloudConfig
-from shared.mqtt import make_client
-from shared.protocol import (
+from blindgate.shared.config import CloudConfig
+from blindgate.shared.mqtt import make_client
+from blindgate.shared.protocol import (
     MODE_VERIFY,
     STATUS_BUSY,
     STATUS_ERROR,

@@ -18,8 +18,8 @@ import logging
 import sys
 from pathlib import Path
 
-from shared.config import CloudConfig, ConfigError, load_config
-from shared.logs import setup_logging
+from blindgate.shared.config import CloudConfig, ConfigError, config_option, load_config
+from blindgate.shared.logs import setup_logging
 
 log = logging.getLogger("blindgate.cloud")
 
@@ -65,7 +65,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_public_key(args) -> int:
-    from shared.protocol import public_key_to_text
+    from blindgate.shared.protocol import public_key_to_text
 
     from .app import load_or_create_signing_key
 
@@ -106,18 +106,19 @@ def cmd_check_store(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="blindgate-cloud", description="blindgate cloud: encrypted face matching service")
-    parser.add_argument("--config", help="TOML config file (BLINDGATE_* environment variables override it)")
+    common = config_option()
+    parser = argparse.ArgumentParser(
+        prog="blindgate-cloud", description="blindgate cloud: encrypted face matching service", parents=[common]
+    )
     sub = parser.add_subparsers(dest="command")
     for name, help_text in (
         ("serve", "run the HTTP API and the MQTT matcher (default)"),
         ("public-key", "print the cloud's reply-signing public key (64 hex characters)"),
         ("check-store", "check the gallery store's integrity and print per-site sizes"),
     ):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--config", dest="sub_config", help="TOML config file")
+        sub.add_parser(name, help=help_text, parents=[common])
     args = parser.parse_args(argv)
-    args.config = getattr(args, "sub_config", None) or args.config
+    args.config = getattr(args, "config", None)
     command = args.command or "serve"
     return {"serve": cmd_serve, "public-key": cmd_public_key, "check-store": cmd_check_store}[command](args)
 

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from blindgate.shared.errors import BlindgateError
+
 log = logging.getLogger("blindgate.cloud.matcher")
 
 BUSY = "busy"
@@ -46,7 +48,7 @@ UNKNOWN_SUBJECT = "unknown_subject"
 UNAVAILABLE = "unavailable"  # shutting down, or the store cannot be read
 
 
-class MatchError(Exception):
+class MatchError(BlindgateError):
     """A request the matcher refuses; `kind` is one of the constants above, `message` says why.
 
     Picklable (it crosses the process boundary) and safe to send to a device: it never holds
@@ -92,14 +94,14 @@ def _init_worker(db_path: str, log_level: str | None, log_format: str) -> None:
     global _db_path
     _db_path = db_path
     if log_level:
-        from shared.logs import setup_logging
+        from blindgate.shared.logs import setup_logging
 
         setup_logging(log_level, log_format)
     import threading
 
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True, name="parent-watch").start()
     # Build the CKKS context once, before the first request needs it.
-    from shared.engine.context import Params, context_for
+    from blindgate.shared.engine.context import Params, context_for
 
     context_for(Params())
 
@@ -137,7 +139,7 @@ def _read(what, *args):
 
 def _site(site: str, key_id: str | None, min_version: int) -> _SiteCache:
     """The site's gallery at the store's current version (reloaded if this worker is behind)."""
-    from shared.engine import Block, EvaluationKeys
+    from blindgate.shared.engine import Block, EvaluationKeys
 
     cached = _sites.get(site)
     try:
@@ -169,8 +171,8 @@ def _site(site: str, key_id: str | None, min_version: int) -> _SiteCache:
 
 
 def _identify(site: str, key_id: str, probe: bytes, min_version: int):
-    from shared.engine import EngineError, scan_blocks
-    from shared.protocol import BlockResult
+    from blindgate.shared.engine import EngineError, scan_blocks
+    from blindgate.shared.protocol import BlockResult
 
     state = _site(site, key_id, min_version)
     try:
@@ -194,8 +196,8 @@ def _subject_row(site: str, subject: str) -> tuple[int, int, bytes]:
 
 
 def _verify(site: str, key_id: str, probe: bytes, subject: str, min_version: int):
-    from shared.engine import EngineError, verify
-    from shared.protocol import BlockResult
+    from blindgate.shared.engine import EngineError, verify
+    from blindgate.shared.protocol import BlockResult
 
     state = _site(site, key_id, min_version)
     block, slot, enrollment = _subject_row(site, subject)
@@ -210,7 +212,7 @@ def _verify(site: str, key_id: str, probe: bytes, subject: str, min_version: int
 
 def _stored_block(site: str, index: int, keys):
     """A fresh copy of one stored block (enrollment changes a copy, the cache stays as committed)."""
-    from shared.engine import Block
+    from blindgate.shared.engine import Block
 
     data = _read(_store().block, site, index)
     return Block(keys) if data is None else Block.from_bytes(keys, data)
@@ -218,7 +220,7 @@ def _stored_block(site: str, index: int, keys):
 
 def _enroll(site: str, enrollment: bytes, min_version: int):
     """Add one template to a copy of the block holding the first free slot; returns (base version, ref, block bytes)."""
-    from shared.engine import EngineError, Gallery
+    from blindgate.shared.engine import EngineError, Gallery
 
     state = _site(site, None, min_version)
     gallery = Gallery(state.keys)
@@ -235,7 +237,7 @@ def _enroll(site: str, enrollment: bytes, min_version: int):
 
 def _remove(site: str, subject: str, min_version: int):
     """Subtract a subject's template from a copy of its block; returns (base version, block index, block bytes)."""
-    from shared.engine import EngineError, Gallery
+    from blindgate.shared.engine import EngineError, Gallery
 
     state = _site(site, None, min_version)
     index, slot, enrollment = _subject_row(site, subject)
@@ -250,7 +252,7 @@ def _remove(site: str, subject: str, min_version: int):
 
 def _validate_bundle(bundle: bytes) -> str:
     """Parse and check an evaluation bundle (refuses secret keys); returns its key id."""
-    from shared.engine import EngineError, EvaluationKeys
+    from blindgate.shared.engine import EngineError, EvaluationKeys
 
     try:
         keys = EvaluationKeys.from_bytes(bundle)

@@ -45,7 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from shared.engine.gallery import SlotRef
+from blindgate.shared.engine.gallery import SlotRef
+from blindgate.shared.errors import BlindgateError
 
 SCHEMA_VERSION = 1
 # "BGGS" (BlindGate Gallery Store) in PRAGMA application_id: tells our files from other SQLite files.
@@ -92,7 +93,7 @@ CREATE TABLE subject (
 """
 
 
-class StoreError(Exception):
+class StoreError(BlindgateError):
     """Anything the gallery store refuses or cannot do."""
 
 

@@ -33,13 +33,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from shared.config import DeviceConfig
-from shared.engine import EngineError, SiteKeys, decode_scan, encrypt_probe
-from shared.protocol import (
+from blindgate.shared.config import DeviceConfig
+from blindgate.shared.engine import EngineError, SiteKeys, decode_scan, encrypt_probe
+from blindgate.shared.errors import BlindgateError
+from blindgate.shared.protocol import (
     STATUS_OK,
     PendingRequests,
-    ProtocolError,
     ProbeRequest,
+    ProtocolError,
     Reply,
     encode_probe_request,
     new_probe_request,
@@ -75,7 +76,7 @@ class Verdict:
     timings: dict = field(default_factory=dict)
 
 
-class DirectoryError(RuntimeError):
+class DirectoryError(BlindgateError, RuntimeError):
     """The subject list could not be fetched or does not match the reply's gallery."""
 
 
@@ -383,7 +384,7 @@ class Agent:
 
     def connect(self, client=None, wait: float | None = 10.0) -> None:
         """Connect to the broker (retrying in the background) and start the network thread."""
-        from shared.mqtt import make_client
+        from blindgate.shared.mqtt import make_client
 
         if client is None:
             client = make_client(self.config.mqtt, client_id=f"blindgate-{self.site}-{self.device}")

@@ -25,7 +25,7 @@ from types import TracebackType
 import cv2
 import numpy as np
 
-from device.faces import load_image
+from blindgate.device.faces import load_image
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}

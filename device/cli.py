@@ -7,7 +7,7 @@
     blindgate-device status
     blindgate-device run
 
-Configuration: --config TOML, then BLINDGATE_* environment variables (shared.config).
+Configuration: --config TOML, then BLINDGATE_* environment variables (blindgate.shared.config).
 
 Enrollment from several images or frames: every image must show one good face (size and
 sharpness checks of FaceAnalyzer); the embeddings must agree (each within the match threshold
@@ -28,10 +28,11 @@ import sys
 
 import numpy as np
 
-from shared.config import ConfigError, DeviceConfig, load_config
-from shared.engine import THRESHOLD, EngineError, encrypt_enrollment, generate_site_keys
-from shared.logs import setup_logging
-from shared.protocol import ProtocolError, public_key_from_text
+from blindgate.shared.config import ConfigError, DeviceConfig, config_option, load_config
+from blindgate.shared.engine import THRESHOLD, EngineError, encrypt_enrollment, generate_site_keys
+from blindgate.shared.errors import BlindgateError
+from blindgate.shared.logs import setup_logging
+from blindgate.shared.protocol import ProtocolError, public_key_from_text
 
 from .cloud_client import CloudClient, CloudError
 from .labels import LabelCipher, LabelError
@@ -40,7 +41,7 @@ from .state import CloudLink, DeviceState, StateError
 log = logging.getLogger("blindgate.device.cli")
 
 
-class UsageError(RuntimeError):
+class UsageError(BlindgateError, RuntimeError):
     pass
 
 
@@ -249,25 +250,25 @@ def cmd_run(config: DeviceConfig, args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="blindgate-device", description="blindgate door device")
-    parser.add_argument("--config", help="TOML config file (BLINDGATE_* environment variables override it)")
+    common = config_option()
+    parser = argparse.ArgumentParser(prog="blindgate-device", description="blindgate door device", parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("init", help="create site keys and label key, register with the cloud")
+    p = sub.add_parser("init", parents=[common], help="create site keys and label key, register with the cloud")
     p.add_argument("--provision-token", help="bearer token the cloud requires to register a site")
     p.add_argument("--cloud-key", help="expected cloud public key (64 hex), to pin it at provisioning")
-    p = sub.add_parser("enroll", help="enroll a person from images or the camera")
+    p = sub.add_parser("enroll", parents=[common], help="enroll a person from images or the camera")
     p.add_argument("name")
     p.add_argument("images", nargs="*")
     p.add_argument("--camera", action="store_true", help="use frames from the configured camera")
     p.add_argument("--frames", type=int, default=5, help="good camera frames to average (default 5)")
-    p = sub.add_parser("list", help="list enrolled subjects (names decrypted here)")
+    p = sub.add_parser("list", parents=[common], help="list enrolled subjects (names decrypted here)")
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("remove", help="remove a subject by id (or by a unique name)")
+    p = sub.add_parser("remove", parents=[common], help="remove a subject by id (or by a unique name)")
     p.add_argument("subject")
-    sub.add_parser("status", help="local state and cloud stats")
-    p = sub.add_parser("run", help="run the door agent")
+    sub.add_parser("status", parents=[common], help="local state and cloud stats")
+    p = sub.add_parser("run", parents=[common], help="run the door agent")
     p.add_argument("--max-frames", type=int, default=None, help=argparse.SUPPRESS)
-    sub.add_parser("evaluate", add_help=False, help="accuracy and cost of encrypted matching on LFW pairs (see evaluate --help)")
+    sub.add_parser("evaluate", parents=[common], add_help=False, help="accuracy and cost of encrypted matching on LFW pairs (see evaluate --help)")
     return parser
 
 
@@ -277,12 +278,12 @@ COMMANDS = {"init": cmd_init, "enroll": cmd_enroll, "list": cmd_list, "remove": 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["evaluate"]:  # offline tooling with its own options; needs no config
-        from device.evaluate import main as evaluate
+        from blindgate.device.evaluate import main as evaluate
 
         return evaluate(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        config = load_config(DeviceConfig, args.config)
+        config = load_config(DeviceConfig, getattr(args, "config", None))
     except ConfigError as exc:
         print(f"blindgate-device: {exc}", file=sys.stderr)
         return 2

@@ -12,10 +12,11 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from shared.protocol import check_name
+from blindgate.shared.errors import BlindgateError
+from blindgate.shared.protocol import check_name
 
 
-class CloudError(RuntimeError):
+class CloudError(BlindgateError, RuntimeError):
     """The cloud refused a request or could not be reached (status 0)."""
 
     def __init__(self, status: int, message: str) -> None:

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from shared.config import DecisionConfig
+from blindgate.shared.config import DecisionConfig
 
 # Failed attempts older than this (relative to the newest) are forgotten.
 FAILURE_MEMORY_S = 300.0

@@ -1,9 +1,9 @@
 """The whole system in one command: broker, cloud, a provisioned door, enrollment, a camera stream.
 
-    python -m device.demo [--faces DIR | --sample] [--camera SPEC --enroll NAME=IMAGE ...] [--keep]
+    python -m blindgate.device.demo [--faces DIR | --sample] [--camera SPEC --enroll NAME=IMAGE ...] [--keep]
 
 It starts Mosquitto on a free loopback port (temporary config), the cloud service
-(`python -m cloud.cli serve`) on a fresh temporary state directory, provisions a site exactly as
+(`python -m blindgate.cloud.cli serve`) on a fresh temporary state directory, provisions a site exactly as
 `blindgate-device init` does, enrolls people with `blindgate-device enroll`, then runs the door
 agent over a recorded camera stream with gpiozero's mock pin as the lock. Every decision and
 every lock change is printed as it happens, with the time of each step (detect, embed, encrypt,
@@ -39,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from blindgate.shared.errors import BlindgateError
+
 DEFAULT_FACES = Path(__file__).resolve().parents[1].parent / "shared" / "faces"
 VIDEO = Path("video") / "short_hamilton_clip.mp4"
 VIDEO_PERSON = "lin_manuel_miranda"  # the one person in the clip (faces/README.md)
@@ -46,7 +48,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 STAGES = (("detect", "detect_ms"), ("embed", "embed_ms"), ("encrypt", "encrypt_ms"), ("round trip", "round_trip_ms"), ("decrypt", "decrypt_ms"))
 
 
-class DemoError(RuntimeError):
+class DemoError(BlindgateError, RuntimeError):
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
         self.code = code
@@ -65,7 +67,7 @@ def say(text: str) -> None:
 
 def ensure_mosquitto() -> str:
     """The mosquitto binary; installed with apt-get when missing and we may (root or sudo -n)."""
-    from shared.launch import mosquitto_binary
+    from blindgate.shared.launch import mosquitto_binary
 
     found = mosquitto_binary()
     if found:
@@ -164,7 +166,7 @@ def plan_custom(enroll: list[str]) -> dict[str, list[Path]]:
 
 def device_cli(config: Path, *args: str) -> tuple[int, str, str]:
     """`blindgate-device --config CONFIG ARGS` in this process; (exit code, stdout, stderr)."""
-    from device.cli import main as device_main
+    from blindgate.device.cli import main as device_main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -192,7 +194,7 @@ def enroll_people(config: Path, people: dict[str, list[Path]]) -> list[str]:
 
 
 def make_agent_class():
-    from device.agent import Agent
+    from blindgate.device.agent import Agent
 
     class DemoAgent(Agent):
         """The real agent; it also prints each judged frame and each lock change as they happen."""
@@ -257,8 +259,8 @@ class NumberedCamera:
 
 
 def run_door(config_path: Path, expected: str | None, enrolled: list[str], truth: dict[int, str | None] | None = None) -> int:
-    from device.agent import open_configured_camera
-    from shared.config import DeviceConfig, load_config
+    from blindgate.device.agent import open_configured_camera
+    from blindgate.shared.config import DeviceConfig, load_config
 
     config = load_config(DeviceConfig, config_path)
     agent = make_agent_class().from_config(config)
@@ -306,7 +308,7 @@ def _interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C: unwind, stop chil
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m device.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m blindgate.device.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--faces", type=Path, default=DEFAULT_FACES, help="face data folder with people/ and video/ (default ../shared/faces)")
     parser.add_argument("--sample", action="store_true", help="use scikit-image's sample photograph even if the face data is there")
@@ -327,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         phase("1/5 broker")
         binary = ensure_mosquitto()
-        from shared.launch import CloudService, start_broker, write_device_config
+        from blindgate.shared.launch import CloudService, start_broker, write_device_config
 
         broker = start_broker(workdir / "mosquitto")
         say(f"mosquitto ({binary}) listening on {broker.host}:{broker.port}, config {broker.workdir / 'mosquitto.conf'}")
@@ -335,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         phase("2/5 cloud service")
         t0 = time.monotonic()
         cloud = CloudService(workdir / "cloud", broker, workdir / "cloud.log").start()
-        say(f"python -m cloud.cli serve: pid {cloud.process.pid}, {cloud.url}, fresh state {cloud.state_dir} "
+        say(f"python -m blindgate.cloud.cli serve: pid {cloud.process.pid}, {cloud.url}, fresh state {cloud.state_dir} "
             f"(ready in {time.monotonic() - t0:.1f} s, log {cloud.log_path})")
 
         if args.camera:

@@ -4,8 +4,8 @@ Reproduces the seed paper's evaluation (Yang et al. 2021, "Privacy Enhanced Clou
 Recognition": Fig. 4 error between original and encrypted scores, Fig. 5 ROC, Table 1 time per
 step, Table 2 sizes) with this project's engine:
 
-    python -m device.evaluate IMAGES PAIRS --out DIR [--cache FILE] [--limit N]
-    python -m device.evaluate ../shared/lfw-devtest/images ../shared/lfw-devtest/pairsDevTest.txt --out /tmp/lfw-eval
+    python -m blindgate.device.evaluate IMAGES PAIRS --out DIR [--cache FILE] [--limit N]
+    python -m blindgate.device.evaluate ../shared/lfw-devtest/images ../shared/lfw-devtest/pairsDevTest.txt --out /tmp/lfw-eval
 
 IMAGES is an LFW-format folder (`<IMAGES>/<Name>/<Name>_<NNNN>.jpg`); PAIRS an official pairs file:
 a header line, then `name n1 n2` (same person) and `name1 n1 name2 n2` (different people) lines,
@@ -51,20 +51,20 @@ from typing import Sequence
 
 import numpy as np
 
-from device.evaluation.common import (
+from blindgate.device.evaluation.common import (
     CACHE_NAME,
     MAX_ERROR_TARGET,
     TARGET_FAR,
     InputError,
 )
-from device.evaluation.embedding import (
+from blindgate.device.evaluation.embedding import (
     EmbeddingCache,
     embed_images,
     face_settings,
     fallback_box,
 )
-from device.evaluation.encrypted import run_encrypted
-from device.evaluation.metrics import (
+from blindgate.device.evaluation.encrypted import run_encrypted
+from blindgate.device.evaluation.metrics import (
     accuracy,
     best_threshold,
     error_stats,
@@ -74,8 +74,8 @@ from device.evaluation.metrics import (
     tar_at_false_accepts,
     tar_at_far,
 )
-from device.evaluation.pairs import image_path, limit_pairs, parse_pairs
-from device.evaluation.report import (
+from blindgate.device.evaluation.pairs import image_path, limit_pairs, parse_pairs
+from blindgate.device.evaluation.report import (
     median_or_none,
     percent,
     plot_distances,
@@ -83,7 +83,7 @@ from device.evaluation.report import (
     plot_roc,
     render_report,
 )
-from shared.engine import (
+from blindgate.shared.engine import (
     THRESHOLD,
     is_match,
 )
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _evaluate(args, progress: bool, argv) -> int:
-    from device.faces import FaceAnalyzer, FaceConfig
+    from blindgate.device.faces import FaceAnalyzer, FaceConfig
 
     pairs_file = parse_pairs(args.pairs)
     if args.limit is not None:
@@ -225,7 +225,7 @@ def _evaluate(args, progress: bool, argv) -> int:
         "max_error_within_target": max(err["1to1"]["max_abs"], err["1toN"]["max_abs"]) <= MAX_ERROR_TARGET,
         "accuracy_identical": acc["plaintext"] == acc["encrypted_1to1"] == acc["encrypted_1toN"],
     }
-    command = " ".join(["python -m device.evaluate", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(["python -m blindgate.device.evaluate", *(argv if argv is not None else sys.argv[1:])])
     summary = {
         "dataset": {
             "images_dir": str(args.images),

@@ -13,13 +13,15 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from blindgate.shared.errors import BlindgateError
+
 KEY_FILE = "label.key"
 KEY_BYTES = 32
 NONCE_BYTES = 12
 MAX_LABEL_BYTES = 1024  # decoded size the cloud accepts (shared/protocol.md)
 
 
-class LabelError(ValueError):
+class LabelError(BlindgateError, ValueError):
     """A label that cannot be made or read (tampered, wrong site or key, too long)."""
 
 

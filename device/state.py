@@ -1,7 +1,7 @@
 """What the device keeps in its state directory (all files 0600, the directory 0700).
 
 - `site.keys`   the site's CKKS keys, SECRET key included (never leaves the device);
-- `label.key`   AES-GCM key for subject labels (see device.labels);
+- `label.key`   AES-GCM key for subject labels (see blindgate.device.labels);
 - `cloud.json`  what registration returned: site token, key id, the cloud's Ed25519 public key;
 - `audit.jsonl` the local event history (no images, no scores).
 """
@@ -13,8 +13,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.engine import SiteKeys
-from shared.protocol import public_key_from_text
+from blindgate.shared.engine import SiteKeys
+from blindgate.shared.errors import BlindgateError
+from blindgate.shared.protocol import public_key_from_text
 
 from .labels import write_private
 
@@ -23,7 +24,7 @@ CLOUD_FILE = "cloud.json"
 AUDIT_FILE = "audit.jsonl"
 
 
-class StateError(RuntimeError):
+class StateError(BlindgateError, RuntimeError):
     """The state directory is missing something `init` creates."""
 
 

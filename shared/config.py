@@ -7,6 +7,7 @@ a typo in an access-control config must not silently fall back to a default.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import tomllib
@@ -15,10 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
+from blindgate.shared.errors import BlindgateError
+
 ENV_PREFIX = "BLINDGATE"
 
 
-class ConfigError(ValueError):
+class ConfigError(BlindgateError, ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
 
 
@@ -203,4 +206,17 @@ def to_toml(config: Any) -> str:
 
     walk(config, "")
     return "\n".join(top) + "\n\n" + "\n\n".join(tables) + "\n"
+
+
+def config_option() -> argparse.ArgumentParser:
+    """A parent parser with `--config FILE`, for a CLI's top level and each of its sub-commands.
+
+    systemd units write `blindgate-device run --config FILE`, people write `--config FILE run`:
+    both work. Read the value with `getattr(args, "config", None)`.
+    """
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--config", default=argparse.SUPPRESS, metavar="FILE", help="TOML config file (BLINDGATE_* environment variables override it)"
+    )
+    return parent
 

@@ -1,8 +1,8 @@
 """Start the system's processes locally: a Mosquitto broker and the cloud service.
 
-Used by the full-system demo (`python -m device.demo`) and by the tests that run every real
+Used by the full-system demo (`python -m blindgate.device.demo`) and by the tests that run every real
 part; both need the same thing: a broker on a free loopback port from a temporary config, and
-`python -m cloud.cli serve` configured through BLINDGATE_* variables, that can be stopped,
+`python -m blindgate.cloud.cli serve` configured through BLINDGATE_* variables, that can be stopped,
 killed and started again on the same port and state directory.
 """
 
@@ -20,11 +20,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from blindgate.shared.errors import BlindgateError
+
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
 
-class LaunchError(RuntimeError):
+class LaunchError(BlindgateError, RuntimeError):
     """A process did not start or did not become ready."""
 
 
@@ -107,7 +108,7 @@ def start_broker(workdir: Path) -> Broker:
 
 @dataclass
 class CloudService:
-    """`python -m cloud.cli serve` as a subprocess on `state_dir`, logging to `log_path`.
+    """`python -m blindgate.cloud.cli serve` as a subprocess on `state_dir`, logging to `log_path`.
 
     `start()` waits until /healthz reports the MQTT bridge connected; `start()` after `stop()`
     or `kill()` runs a new process on the same HTTP port and state directory.
@@ -135,12 +136,11 @@ class CloudService:
             BLINDGATE_MQTT_PORT=str(self.broker.port),
             BLINDGATE_WORKERS="1",
             BLINDGATE_LOG_FORMAT="text",
-            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         )
         environ.update({k: str(v) for k, v in self.env.items()})
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "cloud.cli", "serve"], cwd=ROOT, env=environ, stdout=log, stderr=log
+                [sys.executable, "-m", "blindgate.cloud.cli", "serve"], cwd=self.state_dir, env=environ, stdout=log, stderr=log
             )
         self.wait_ready(timeout)
         return self

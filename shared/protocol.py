@@ -26,6 +26,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from blindgate.shared.errors import BlindgateError
+
 VERSION = 1
 _MAGIC = b"BGP1"
 _KIND_PROBE = b"P"
@@ -43,7 +45,7 @@ MODE_IDENTIFY = "identify"
 MODE_VERIFY = "verify"
 
 
-class ProtocolError(ValueError):
+class ProtocolError(BlindgateError, ValueError):
     """A malformed, unauthenticated, stale or unexpected message; the door stays locked."""
 
 

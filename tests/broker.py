@@ -1,4 +1,4 @@
-"""A real Mosquitto broker for tests: `shared.launch`'s launcher, skipping when mosquitto is missing."""
+"""A real Mosquitto broker for tests: `blindgate.shared.launch`'s launcher, skipping when mosquitto is missing."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.launch import Broker, MosquittoMissing, free_port, mosquitto_binary
-from shared.launch import start_broker as _start_broker
+from blindgate.shared.launch import Broker, MosquittoMissing, free_port, mosquitto_binary
+from blindgate.shared.launch import start_broker as _start_broker
 
 __all__ = ["Broker", "free_port", "mosquitto_binary", "start_broker"]
 

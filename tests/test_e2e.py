@@ -2,11 +2,11 @@
 engine, real dlib on frames of the real Hamilton clip, gpiozero's mock pin as the lock.
 
 "The enrolled person opens the door; not enrolled, it never opens" is covered by
-tests/device/test_agent_integration.py (same launcher, `shared.launch`); here:
+tests/device/test_agent_integration.py (same launcher, `blindgate.shared.launch`); here:
 - the cloud SIGKILLed mid-run: nothing opens while it is down, then the agent recovers;
 - a captured, correctly signed reply replayed later is refused and never opens;
 - the broker restarted mid-run: the agent and the cloud reconnect, the door opens again;
-- the demo (`python -m device.demo`) itself: exit 0 with decisions printed; Ctrl-C cleans up;
+- the demo (`python -m blindgate.device.demo`) itself: exit 0 with decisions printed; Ctrl-C cleans up;
 - the systemd units pass `systemd-analyze verify`.
 
 The module shares one broker, one cloud and one provisioned door (Lin enrolled); each test
@@ -33,13 +33,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from device.agent import Agent
-from device.camera import Frame, _resize, open_camera
-from device.cli import main as device_main
-from device.faces import load_image
-from device.lock import Lock
-from shared.config import DeviceConfig, load_config
-from shared.launch import CloudService, mosquitto_binary, write_device_config
+from blindgate.device.agent import Agent
+from blindgate.device.camera import Frame, _resize, open_camera
+from blindgate.device.cli import main as device_main
+from blindgate.device.faces import load_image
+from blindgate.device.lock import Lock
+from blindgate.shared.config import DeviceConfig, load_config
+from blindgate.shared.launch import CloudService, mosquitto_binary, write_device_config
 from tests.broker import start_broker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -303,11 +303,11 @@ def test_broker_restart_mid_run(system, lin_frames):
 
 @pytest.mark.timeout(150)
 def test_demo_runs_whole_system():
-    """`python -m device.demo --sample` (what `make demo` runs when ../shared/faces is absent)."""
+    """`python -m blindgate.device.demo --sample` (what `make demo` runs when ../shared/faces is absent)."""
     if mosquitto_binary() is None:
         pytest.skip("mosquitto not installed (the demo would try to install it)")
     result = subprocess.run(
-        [sys.executable, "-m", "device.demo", "--sample"], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "blindgate.device.demo", "--sample"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
@@ -324,7 +324,7 @@ def test_demo_ctrl_c_stops_everything():
     if mosquitto_binary() is None:
         pytest.skip("mosquitto not installed (the demo would try to install it)")
     proc = subprocess.Popen(
-        [sys.executable, "-u", "-m", "device.demo", "--sample"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-u", "-m", "blindgate.device.demo", "--sample"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     lines, cloud_pid = [], None
     try:

@@ -1,6 +1,7 @@
 """Targets and constants of the LFW evaluation, and its input error."""
-
 from __future__ import annotations
+
+from blindgate.shared.errors import BlindgateError
 
 # -- targets ------------------------------------------------------------------------------------
 
@@ -21,5 +22,5 @@ CACHE_VERSION = 1
 CACHE_NAME = "embeddings.npz"
 
 
-class InputError(ValueError):
+class InputError(BlindgateError, ValueError):
     """Malformed pairs file or missing images: the message says what to fix."""

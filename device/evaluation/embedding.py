@@ -87,7 +87,7 @@ class ImageFace:
 
 def fallback_box(height: int, width: int):
     """The fixed central face box for an image of this size (FALLBACK_BOX scaled)."""
-    from device.faces import FaceBox
+    from blindgate.device.faces import FaceBox
 
     top, right, bottom, left = FALLBACK_BOX
     return FaceBox(
@@ -229,7 +229,7 @@ def embed_images(
     save_every: int = 100,
 ) -> tuple[dict[Path, ImageFace], int]:
     """Every image's ImageFace (cached ones reused); returns (faces, how many came from the cache)."""
-    from device.faces import load_image
+    from blindgate.device.faces import load_image
 
     faces: dict[Path, ImageFace] = {}
     todo = []

@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from shared.engine import (
+from blindgate.shared.engine import (
     THRESHOLD,
     Block,
     EvaluationKeys,

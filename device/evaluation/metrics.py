@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.engine import (
+from blindgate.shared.engine import (
     THRESHOLD,
 )
 

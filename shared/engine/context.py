@@ -18,8 +18,10 @@ from typing import Callable, TypeVar
 
 import tenseal.sealapi as seal
 
+from blindgate.shared.errors import BlindgateError
 
-class EngineError(ValueError):
+
+class EngineError(BlindgateError, ValueError):
     """Bad key material, ciphertext or embedding given to the engine; the message says what to do."""
 
 

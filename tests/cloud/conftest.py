@@ -15,11 +15,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from shared.config import CloudConfig, MQTTConfig
-from shared.engine import generate_site_keys
-from shared.protocol import encode_probe_request, new_probe_request, probe_topic, reply_topic
-
-ROOT = Path(__file__).resolve().parents[2]
+from blindgate.shared.config import CloudConfig, MQTTConfig
+from blindgate.shared.engine import generate_site_keys
+from blindgate.shared.protocol import encode_probe_request, new_probe_request, probe_topic, reply_topic
 
 
 @pytest.fixture(scope="session")

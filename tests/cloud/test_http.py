@@ -8,9 +8,9 @@ import time
 import pytest
 import pytest_asyncio
 
-from cloud.app import MAX_ENROLLMENT_BYTES, POOL, create_app
-from shared.engine import decode_scan, encrypt_enrollment, encrypt_probe
-from shared.protocol import public_key_from_text
+from blindgate.cloud.app import MAX_ENROLLMENT_BYTES, POOL, create_app
+from blindgate.shared.engine import decode_scan, encrypt_enrollment, encrypt_probe
+from blindgate.shared.protocol import public_key_from_text
 
 from .conftest import cloud_config, embeddings, enroll_headers
 

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from cloud.matcher import BUSY, UNKNOWN_SITE, WRONG_KEY, MatcherPool, MatchError
-from cloud.store import GalleryStore, StoreConflict, new_subject_id
-from shared.engine import decode_scan, encrypt_block, encrypt_enrollment, encrypt_probe
+from blindgate.cloud.matcher import BUSY, UNKNOWN_SITE, WRONG_KEY, MatcherPool, MatchError
+from blindgate.cloud.store import GalleryStore, StoreConflict, new_subject_id
+from blindgate.shared.engine import decode_scan, encrypt_block, encrypt_enrollment, encrypt_probe
 
 from .conftest import embeddings
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from cloud.app import BRIDGE, METRICS, create_app
-from shared.engine import decode_scan, decode_verify, encrypt_enrollment, encrypt_probe
-from shared.protocol import (
-    MODE_VERIFY,
+from blindgate.cloud.app import BRIDGE, METRICS, create_app
+from blindgate.shared.engine import decode_scan, decode_verify, encrypt_enrollment, encrypt_probe
+from blindgate.shared.protocol import (
     MAX_PROBE_BYTES,
+    MODE_VERIFY,
     PendingRequests,
     encode_probe_request,
     new_probe_request,

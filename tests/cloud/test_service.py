@@ -1,4 +1,4 @@
-"""The service as deployed: `python -m cloud.cli serve` processes on a real broker and one state dir."""
+"""The service as deployed: `python -m blindgate.cloud.cli serve` processes on a real broker and one state dir."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ from collections import Counter
 
 import pytest
 
-from shared.engine import decode_scan, encrypt_enrollment, encrypt_probe
-from shared.protocol import open_reply, public_key_from_text
-
-from shared.launch import CloudService
+from blindgate.shared.engine import decode_scan, encrypt_enrollment, encrypt_probe
+from blindgate.shared.launch import CloudService
+from blindgate.shared.protocol import open_reply, public_key_from_text
 
 from .conftest import Device, embeddings, enroll_headers
 

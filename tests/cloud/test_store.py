@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud.store import (
+from blindgate.cloud.store import (
     SCHEMA_VERSION,
     GalleryStore,
     SiteRecord,
@@ -31,9 +31,8 @@ from cloud.store import (
     UnknownSubject,
     new_subject_id,
 )
-from shared.engine.gallery import SlotRef
+from blindgate.shared.engine.gallery import SlotRef
 
-REPO = Path(__file__).resolve().parents[2]
 SITE = "site-a"
 TOKEN = "k3Jq9-random-32-byte-token-in-base64url-xxxxx"
 BUNDLE = b"BGK1E" + bytes(range(256)) * 40
@@ -406,8 +405,8 @@ def test_concurrent_commits_from_threads(store: GalleryStore) -> None:
 
 def test_stored_engine_bytes_rebuild_the_gallery(db_path: Path) -> None:
     np = pytest.importorskip("numpy")
-    from shared.engine import EvaluationKeys, Gallery, encrypt_enrollment, generate_site_keys
-    from shared.engine.gallery import Block
+    from blindgate.shared.engine import EvaluationKeys, Gallery, encrypt_enrollment, generate_site_keys
+    from blindgate.shared.engine.gallery import Block
 
     keys = generate_site_keys()
     evaluation = EvaluationKeys.from_bytes(keys.evaluation_bytes)
@@ -445,9 +444,8 @@ PER_BLOCK = 3
 CHILD = textwrap.dedent(
     """
     import sys
-    sys.path.insert(0, {repo!r})
-    from cloud.store import GalleryStore
-    from shared.engine.gallery import SlotRef
+    from blindgate.cloud.store import GalleryStore
+    from blindgate.shared.engine.gallery import SlotRef
     from tests_kill_helpers import PER_BLOCK, fake_block, fake_enrollment
 
     store = GalleryStore(sys.argv[1])
@@ -543,7 +541,7 @@ def test_kill_9_never_loses_or_half_writes_an_enrollment(tmp_path: Path) -> None
     helpers = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(helpers)
     child = tmp_path / "child.py"
-    child.write_text(CHILD.format(repo=str(REPO)))
+    child.write_text(CHILD)
     db_path = tmp_path / "crash.db"
 
     seed = int.from_bytes(os.urandom(4), "little")

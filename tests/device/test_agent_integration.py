@@ -1,7 +1,7 @@
 """End to end against the REAL cloud service and a real Mosquitto broker.
 
-The cloud (`python -m cloud.cli serve`) runs as a subprocess; the device is provisioned and
-enrolled with `blindgate-device` (in-process `device.cli.main`), then the agent runs over the
+The cloud (`python -m blindgate.cloud.cli serve`) runs as a subprocess; the device is provisioned and
+enrolled with `blindgate-device` (in-process `blindgate.device.cli.main`), then the agent runs over the
 recorded Hamilton clip (or a folder of photos) with a mock-pin lock whose level is sampled
 over time. Skips when the face data or mosquitto is missing.
 """
@@ -17,14 +17,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from device.agent import Agent
-from device.cli import main as device_main
-from device.lock import Lock
-from shared.config import DeviceConfig, load_config
-from shared.launch import CloudService, LaunchError, write_device_config
+from blindgate.device.agent import Agent
+from blindgate.device.cli import main as device_main
+from blindgate.device.lock import Lock
+from blindgate.shared.config import DeviceConfig, load_config
+from blindgate.shared.launch import CloudService, LaunchError, write_device_config
 from tests.broker import start_broker
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -37,7 +36,7 @@ def mqtt_broker(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cloud(mqtt_broker, tmp_path_factory):
-    """The real cloud service (`python -m cloud.cli serve`, shared.launch) on a fresh state dir."""
+    """The real cloud service (`python -m blindgate.cloud.cli serve`, blindgate.shared.launch) on a fresh state dir."""
     state = tmp_path_factory.mktemp("cloud")
     service = CloudService(state / "state", mqtt_broker, state / "cloud.log")
     try:
@@ -85,7 +84,7 @@ class Watcher:
 
 def run_agent(config_path: Path) -> tuple[Agent, list[tuple[float, int]]]:
     """Run the agent over its camera source; sample the lock pin every 20 ms."""
-    from device.agent import open_configured_camera
+    from blindgate.device.agent import open_configured_camera
 
     config = load_config(DeviceConfig, config_path, env={})
     lock = Lock("GPIO17", pin_factory="mock")

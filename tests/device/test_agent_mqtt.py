@@ -9,12 +9,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from device.agent import DOUBT, Agent, SubjectDirectory
-from device.labels import LabelCipher
-from device.lock import Lock
-from shared.config import DecisionConfig, DeviceConfig, MQTTConfig
-from shared.engine import generate_site_keys
-from shared.protocol import decode_probe_request, new_signing_key
+from blindgate.device.agent import DOUBT, Agent, SubjectDirectory
+from blindgate.device.labels import LabelCipher
+from blindgate.device.lock import Lock
+from blindgate.shared.config import DecisionConfig, DeviceConfig, MQTTConfig
+from blindgate.shared.engine import generate_site_keys
+from blindgate.shared.protocol import decode_probe_request, new_signing_key
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,12 +13,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from device.agent import DOUBT, MATCH, REJECTED, UNKNOWN, Agent, AuditLog, SubjectDirectory
-from device.labels import LabelCipher
-from device.lock import Lock
-from shared.config import DecisionConfig, DeviceConfig
-from shared.engine import Gallery, encrypt_enrollment, generate_site_keys, scan
-from shared.protocol import (
+from blindgate.device.agent import DOUBT, MATCH, REJECTED, UNKNOWN, Agent, AuditLog, SubjectDirectory
+from blindgate.device.labels import LabelCipher
+from blindgate.device.lock import Lock
+from blindgate.shared.config import DecisionConfig, DeviceConfig
+from blindgate.shared.engine import Gallery, encrypt_enrollment, generate_site_keys, scan
+from blindgate.shared.protocol import (
     STATUS_BUSY,
     STATUS_ERROR,
     STATUS_OK,
@@ -79,7 +79,7 @@ def request(agent):
 
 def sealed(world, req, embedding=None, signer=None, **changes):
     embedding = world.alice if embedding is None else embedding
-    from shared.engine import encrypt_probe
+    from blindgate.shared.engine import encrypt_probe
 
     results = tuple(
         BlockResult.of(i, block.occupied, ct)
@@ -175,7 +175,7 @@ def _error(world, req):
 
 def _corrupt_ciphertext(world, req):
     good = sealed(world, req)  # noqa: F841 - builds the right results to copy
-    from shared.engine import encrypt_probe
+    from blindgate.shared.engine import encrypt_probe
 
     result = BlockResult.of(0, world.gallery.blocks[0].occupied, encrypt_probe(world.keys, world.alice))
     return [sealed(world, req, results=(result,))]
@@ -183,7 +183,7 @@ def _corrupt_ciphertext(world, req):
 
 def _slot_not_in_directory(world, req):
     # the real result, but claimed for block 3: no subject is listed there
-    from shared.engine import encrypt_probe
+    from blindgate.shared.engine import encrypt_probe
 
     ct = scan(world.gallery, encrypt_probe(world.keys, world.alice))[0]
     return [sealed(world, req, results=(BlockResult.of(3, world.gallery.blocks[0].occupied, ct),))]

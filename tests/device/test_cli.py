@@ -6,7 +6,7 @@ import stat
 import numpy as np
 import pytest
 
-from device.cli import UsageError, main, template_from
+from blindgate.device.cli import UsageError, main, template_from
 
 
 def test_template_is_the_mean_of_consistent_faces():
@@ -48,3 +48,16 @@ def test_bad_config_is_exit_2(tmp_path, capsys):
     cfg.write_text("[decision]\nthreshhold = 0.5\n")
     assert main(["--config", str(cfg), "status"]) == 2
     assert "threshhold" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_config_is_accepted_before_or_after_the_sub_command(tmp_path, capsys, monkeypatch, where):
+    # The shipped systemd unit runs `blindgate-device run --config FILE`.
+    config = tmp_path / "device.toml"
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\n')
+    argv = ["--config", str(config), "list"] if where == "before" else ["list", "--config", str(config)]
+    assert main(argv) == 1  # read the config, then: not provisioned yet
+    assert str(tmp_path / "state") in capsys.readouterr().err
+    missing = ["run", "--config", str(tmp_path / "missing.toml")]
+    assert main(missing) == 2
+    assert "missing.toml not found" in capsys.readouterr().err

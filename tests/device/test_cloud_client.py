@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from device.cloud_client import CloudClient, CloudError
+from blindgate.device.cloud_client import CloudClient, CloudError
 
 SEEN = []
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from device.decision import EVENT_DENIED, EVENT_RECOGNIZED, EVENT_UNKNOWN, DecisionEngine
-from shared.config import DecisionConfig
+from blindgate.device.decision import EVENT_DENIED, EVENT_RECOGNIZED, EVENT_UNKNOWN, DecisionEngine
+from blindgate.shared.config import DecisionConfig
 
 
 class Clock:

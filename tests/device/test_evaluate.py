@@ -12,11 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
-from device import evaluate
-from device.evaluation import embedding
-from device.evaluation.common import InputError
-from device.evaluation.embedding import Progress, embed_image, fallback_box
-from device.evaluation.metrics import (
+from blindgate.device import evaluate
+from blindgate.device.evaluation import embedding
+from blindgate.device.evaluation.common import InputError
+from blindgate.device.evaluation.embedding import Progress, embed_image, fallback_box
+from blindgate.device.evaluation.metrics import (
     accuracy,
     best_threshold,
     kfold_accuracy,
@@ -25,7 +25,7 @@ from device.evaluation.metrics import (
     tar_at_false_accepts,
     tar_at_far,
 )
-from device.evaluation.pairs import image_path, limit_pairs, parse_pairs
+from blindgate.device.evaluation.pairs import image_path, limit_pairs, parse_pairs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -167,7 +167,7 @@ def test_progress_line_format():
 
 @pytest.fixture(scope="module")
 def analyzer():
-    from device.faces import FaceAnalyzer, FaceConfig
+    from blindgate.device.faces import FaceAnalyzer, FaceConfig
 
     return FaceAnalyzer(FaceConfig(upsample=1))
 
@@ -182,7 +182,7 @@ def test_a_blank_image_gets_the_central_box(analyzer):
 
 
 def test_face_selection_largest_or_nearest_the_centre():
-    from device.faces import FaceBox
+    from blindgate.device.faces import FaceBox
 
     big_corner = FaceBox(0, 120, 120, 0)  # detect() lists the largest first
     small_centre = FaceBox(80, 170, 170, 80)

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from device import faces
-from device.faces import (
+from blindgate.device import faces
+from blindgate.device.faces import (
     EMBEDDING_SIZE,
     THRESHOLD,
     FaceAnalyzer,

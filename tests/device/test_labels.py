@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from device.labels import LabelCipher, LabelError
+from blindgate.device.labels import LabelCipher, LabelError
 
 
 def test_round_trip_and_key_file_mode(tmp_path):

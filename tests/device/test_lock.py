@@ -2,7 +2,7 @@
 
 import pytest
 
-from device.lock import Lock, make_pin_factory
+from blindgate.device.lock import Lock, make_pin_factory
 
 
 def test_locked_at_start_unlock_lock_active_high():

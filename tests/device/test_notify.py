@@ -3,7 +3,7 @@
 import os
 import socket
 
-from device.notify import Notifier, notify, watchdog_interval
+from blindgate.device.notify import Notifier, notify, watchdog_interval
 
 
 def _listener(address):

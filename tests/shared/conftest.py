@@ -32,7 +32,7 @@ def people_dir(faces_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def analyzer():
-    from device.faces import FaceAnalyzer
+    from blindgate.device.faces import FaceAnalyzer
 
     return FaceAnalyzer()
 
@@ -43,7 +43,7 @@ def embed_largest_face(analyzer, path: Path) -> np.ndarray | None:
     The engine must match whatever embedding it is given; several LFW images are below the
     device's sharpness threshold but are still real dlib embeddings.
     """
-    from device.faces import load_image
+    from blindgate.device.faces import load_image
 
     rgb = load_image(path)
     boxes = analyzer.detect(rgb)

@@ -14,7 +14,7 @@ import struct
 import numpy as np
 import pytest
 
-from shared.engine import (
+from blindgate.shared.engine import (
     THRESHOLD,
     Block,
     EngineError,
@@ -33,7 +33,7 @@ from shared.engine import (
     scan,
     verify,
 )
-from shared.engine.keys import derive_key_id
+from blindgate.shared.engine.keys import derive_key_id
 
 SLOTS = 4096
 TOL = 1e-4  # distances must agree with numpy far below any decision margin
