@@ -156,7 +156,7 @@ def main() -> int:
         devices = [Device(f"door{i}", broker.host, broker.port, replies) for i in range(args.devices)]
 
         # Warm-up: one probe loads the gallery into every worker (not counted).
-        for n in range(args.workers):
+        for _ in range(args.workers):
             devices[0].publish(keys.key_id, probes[0][1], args.ttl)
         for _ in range(args.workers):
             replies.get(timeout=60)
@@ -205,7 +205,7 @@ def main() -> int:
             if reply.status == "ok" and args.check_every and number % args.check_every == 0:
                 checked += 1
                 occupancy = [r.occupancy() for r in reply.results]
-                match = decode_scan(keys, faces[face_index] , [r.ciphertext for r in reply.results], occupancy)
+                match = decode_scan(keys, faces[face_index], [r.ciphertext for r in reply.results], occupancy)
                 if match.best is None or match.best.block * keys.params.slots + match.best.slot != face_index:
                     wrong_match += 1
 
@@ -242,7 +242,7 @@ def main() -> int:
             "throughput_ok_per_s": round(len(ok) / load_seconds, 2),
             "offered_per_s": round(total / load_seconds, 2),
             "gallery_import_s": round(import_seconds, 2),
-            "service_scan_histogram": [l for l in metrics_text.splitlines() if l.startswith("blindgate_scan_seconds_")],
+            "service_scan_histogram": [line for line in metrics_text.splitlines() if line.startswith("blindgate_scan_seconds_")],
             "target_met": bool(total == len(answered) and not statuses.count("busy") and ok and percentile(ok, 0.99) <= 1.0),
         }
         for key in ("p50", "p90", "p99", "max", "mean"):

@@ -57,16 +57,18 @@ def main() -> int:
 
     import cv2
 
-    from blindgate.device.agent import MATCH, Agent, SubjectDirectory
+    from blindgate.device.agent import Agent
+    from blindgate.device.decision import VerdictKind
+    from blindgate.device.directory import SubjectDirectory
     from blindgate.device.faces import FaceAnalyzer, load_image
     from blindgate.device.labels import LabelCipher
     from blindgate.device.lock import Lock
     from blindgate.shared.config import DecisionConfig, DeviceConfig
     from blindgate.shared.engine import Block, encrypt_block, encrypt_probe, generate_site_keys, scan_blocks
     from blindgate.shared.protocol import (
-        STATUS_OK,
         BlockResult,
         Reply,
+        ReplyStatus,
         decode_probe_request,
         encode_probe_request,
         new_probe_request,
@@ -98,13 +100,23 @@ def main() -> int:
     }
     signer = new_signing_key()
     config = DeviceConfig(site="home", device_id="door1", decision=DecisionConfig(reply_timeout=5.0))
-    agent = Agent(config, keys, signer.public_key(), SubjectDirectory(lambda: listing, labels), Lock("GPIO17", pin_factory="mock"))
+    agent = Agent(
+        config, keys, signer.public_key(), SubjectDirectory(lambda: listing, labels), Lock("GPIO17", pin_factory="mock")
+    )
 
     def cloud_answer(payload: bytes) -> bytes:
         req = decode_probe_request(payload)
         (ct,) = scan_blocks(evaluation, [block], req.probe)
-        reply = Reply(STATUS_OK, req.site, req.device, req.request_id, req.nonce, 1, time.time() + 10,
-                      (BlockResult.of(0, block.occupied, ct),))
+        reply = Reply(
+            ReplyStatus.OK,
+            req.site,
+            req.device,
+            req.request_id,
+            req.nonce,
+            1,
+            time.time() + 10,
+            (BlockResult.of(0, block.occupied, ct),),
+        )
         return seal_reply(reply, signer)
 
     broker = client = None
@@ -142,8 +154,11 @@ def main() -> int:
         payload = cloud_answer(encode_probe_request(req))
         t2 = time.perf_counter()
         verdict = agent.handle_reply(payload, False, embedding)
-        return verdict, {"encrypt_ms": (t1 - t0) * 1000, "round_trip_ms": (t2 - t1) * 1000,
-                         "decrypt_ms": verdict.timings["decrypt_ms"]}
+        return verdict, {
+            "encrypt_ms": (t1 - t0) * 1000,
+            "round_trip_ms": (t2 - t1) * 1000,
+            "decrypt_ms": verdict.timings["decrypt_ms"],
+        }
 
     cap = cv2.VideoCapture(str(FACES / "video" / "short_hamilton_clip.mp4"))
     frames = []
@@ -172,9 +187,12 @@ def main() -> int:
         else:
             verdict, stages = in_process_probe(result.embedding)
         end = time.perf_counter()
-        stages.update(detect_ms=result.timings.detect_ms + result.timings.quality_ms, embed_ms=result.timings.embed_ms,
-                      total_ms=(end - start) * 1000)
-        matches += verdict.kind == MATCH
+        stages.update(
+            detect_ms=result.timings.detect_ms + result.timings.quality_ms,
+            embed_ms=result.timings.embed_ms,
+            total_ms=(end - start) * 1000,
+        )
+        matches += verdict.kind == VerdictKind.MATCH
         rows.append(stages)
 
     if args.mqtt:
@@ -186,22 +204,30 @@ def main() -> int:
         agent.lock.close()
 
     summary = {
-        stage: {"median": round(statistics.median(r[stage] for r in rows), 2), "p95": round(pct([r[stage] for r in rows], 0.95), 2)}
+        stage: {
+            "median": round(statistics.median(r[stage] for r in rows), 2),
+            "p95": round(pct([r[stage] for r in rows], 0.95), 2),
+        }
         for stage in STAGES
     }
-    print(json.dumps({
-        "benchmark": "device_latency",
-        "mode": "mqtt (local mosquitto, in-thread responder)" if args.mqtt else "in-process scan",
-        "frame": "640x480",
-        "gallery": args.gallery,
-        "decisions": len(rows),
-        "matches": matches,
-        "skipped_frames": skipped,
-        "cpu_count": os.cpu_count(),
-        "stages_ms": summary,
-        "target_median_total_ms": 500,
-        "meets_target": summary["total_ms"]["median"] <= 500,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "device_latency",
+                "mode": "mqtt (local mosquitto, in-thread responder)" if args.mqtt else "in-process scan",
+                "frame": "640x480",
+                "gallery": args.gallery,
+                "decisions": len(rows),
+                "matches": matches,
+                "skipped_frames": skipped,
+                "cpu_count": os.cpu_count(),
+                "stages_ms": summary,
+                "target_median_total_ms": 500,
+                "meets_target": summary["total_ms"]["median"] <= 500,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -125,7 +125,7 @@ def main() -> None:
             blocks = blocks + [Block.from_bytes(evk, encrypt_block(keys, templates[first:n]))]
         runs = args.runs if n <= 16384 else max(2, args.runs // 2)
         log(f"scanning gallery of {n} ({len(blocks)} blocks), {runs} runs")
-        ms, _, replies = timed(lambda: scan_blocks(evk, blocks, probe), runs)
+        ms, _, replies = timed(lambda blocks=blocks: scan_blocks(evk, blocks, probe), runs)
         reply_bytes = len(replies[0])
         match = decode_scan(keys, x, replies, [b.occupied for b in blocks])
         expected = np.linalg.norm(templates[:n] - x, axis=1)
@@ -145,7 +145,7 @@ def main() -> None:
                 "best_matches_numpy": same_best,
             }
         )
-        numpy_ms, _, _ = timed(lambda: np.linalg.norm(templates[:n] - x, axis=1), args.runs)
+        numpy_ms, _, _ = timed(lambda n=n: np.linalg.norm(templates[:n] - x, axis=1), args.runs)
         results.append({"method": "numpy", "gallery": n, "median_ms": numpy_ms, "runs": args.runs})
 
     # 1:1 verification, per template.
@@ -153,7 +153,7 @@ def main() -> None:
     enrollments = [encrypt_enrollment(keys, y) for y in sample]
     verify_times, verify_err = [], 0.0
     for y, enrollment in zip(sample, enrollments):
-        ms, _, reply = timed(lambda: verify(evk, probe, enrollment), args.runs)
+        ms, _, reply = timed(lambda enrollment=enrollment: verify(evk, probe, enrollment), args.runs)
         verify_times.append(ms)
         verify_err = max(verify_err, abs(decode_verify(keys, reply) - float(np.linalg.norm(x - y))))
     max_err = max(max_err, verify_err)
@@ -172,7 +172,7 @@ def main() -> None:
     for y in sample:
         y_ct = seal.Ciphertext()
         encryptor.encrypt_symmetric(ctx.encode(np.tile(y, SLOTS // dim).tolist(), 2, 2.0**40), y_ct)
-        ms, _, out = timed(lambda: seed_method(ctx.seal, x_ct, y_ct, evk.relin, evk.galois), max(1, args.runs // 2))
+        ms, _, out = timed(lambda y_ct=y_ct: seed_method(ctx.seal, x_ct, y_ct, evk.relin, evk.galois), max(1, args.runs // 2))
         seed_times.append(ms)
         plain = seal.Plaintext()
         decryptor.decrypt(out, plain)
@@ -187,17 +187,41 @@ def main() -> None:
     dot_times = []
     for y in sample:
         ty = ts.ckks_vector(tctx, y.tolist())
-        ms, _, _ = timed(lambda: tx.dot(ty), args.runs)
+        ms, _, _ = timed(lambda ty=ty: tx.dot(ty), args.runs)
         dot_times.append(ms)
     dot_ms = statistics.median(dot_times)
 
     for n in sizes:
-        results.append({"method": "blindgate-verify", "gallery": n, "median_ms": verify_ms * n, "runs": args.runs,
-                        "per_template_ms": verify_ms, "scaled_from_sample": args.sample})
-        results.append({"method": "seed-paper", "gallery": n, "median_ms": seed_ms * n, "runs": max(1, args.runs // 2),
-                        "per_template_ms": seed_ms, "scaled_from_sample": args.sample})
-        results.append({"method": "tenseal-dot", "gallery": n, "median_ms": dot_ms * n, "runs": args.runs,
-                        "per_template_ms": dot_ms, "scaled_from_sample": args.sample})
+        results.append(
+            {
+                "method": "blindgate-verify",
+                "gallery": n,
+                "median_ms": verify_ms * n,
+                "runs": args.runs,
+                "per_template_ms": verify_ms,
+                "scaled_from_sample": args.sample,
+            }
+        )
+        results.append(
+            {
+                "method": "seed-paper",
+                "gallery": n,
+                "median_ms": seed_ms * n,
+                "runs": max(1, args.runs // 2),
+                "per_template_ms": seed_ms,
+                "scaled_from_sample": args.sample,
+            }
+        )
+        results.append(
+            {
+                "method": "tenseal-dot",
+                "gallery": n,
+                "median_ms": dot_ms * n,
+                "runs": args.runs,
+                "per_template_ms": dot_ms,
+                "scaled_from_sample": args.sample,
+            }
+        )
 
     scan_by_size = {r["gallery"]: r["median_ms"] for r in results if r["method"] == "blindgate-scan"}
     speedup = {str(n): (seed_ms * n) / ms for n, ms in scan_by_size.items()}

@@ -6,14 +6,16 @@ sealed (signed) and published to the request's ResponseTopic with its Correlatio
 MessageExpiryInterval of `reply_ttl`, QoS 1 and never retained.
 
 Refusals follow shared/protocol.md: expired or malformed requests, unknown sites or key ids get an
-error reply when a ResponseTopic exists, otherwise they are dropped and counted. A ResponseTopic other than the probe topic's own reply topic is never
-published to (dropped, reason ``bad_response_topic``): the cloud replies only where the device
-that the topic names listens. Nothing derived from a probe is ever logged.
+error reply when a ResponseTopic exists, otherwise they are dropped and counted. A ResponseTopic
+other than the probe topic's own reply topic is never published to (dropped, reason
+``bad_response_topic``): the cloud replies only where the device that the topic names listens.
+Nothing derived from a probe is ever logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import math
 import os
@@ -21,22 +23,24 @@ import secrets
 import socket
 import threading
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.client import ConnectFlags, DisconnectFlags
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from blindgate.shared.config import CloudConfig
 from blindgate.shared.mqtt import make_client
 from blindgate.shared.protocol import (
-    MODE_VERIFY,
-    STATUS_BUSY,
-    STATUS_ERROR,
-    STATUS_OK,
+    Mode,
     ProbeRequest,
     ProtocolError,
     Reply,
+    ReplyStatus,
     decode_probe_request,
     error_reply,
     parse_probe_topic,
@@ -45,17 +49,21 @@ from blindgate.shared.protocol import (
     seal_reply,
 )
 
-from .matcher import BUSY, MatchError
+from .matcher import MatcherPool, MatchError, MatchErrorKind
+from .metrics import Metrics
+from .store_records import SiteRecord
 
 log = logging.getLogger("blindgate.cloud.bridge")
 
-SiteLookup = Callable[[str], Awaitable[object]]  # async site id -> SiteRecord | None
+SiteLookup = Callable[[str], Awaitable[SiteRecord | None]]  # the site's record, None if not registered
 
 
 class MQTTBridge:
     """Subscribes to probes, answers each through the matcher pool. `start()` / `stop()` from asyncio."""
 
-    def __init__(self, config: CloudConfig, pool, signing_key, site_lookup: SiteLookup, metrics) -> None:
+    def __init__(
+        self, config: CloudConfig, pool: MatcherPool, signing_key: Ed25519PrivateKey, site_lookup: SiteLookup, metrics: Metrics
+    ) -> None:
         self.config = config
         self.prefix = config.mqtt.topic_prefix
         self.subscription = probe_subscription(config.share_group, self.prefix)
@@ -64,16 +72,18 @@ class MQTTBridge:
         self.site_lookup = site_lookup
         self.metrics = metrics
         self.reply_ttl = float(config.reply_ttl)
-        self.connected = threading.Event()
+        self.connected = threading.Event()  # set while connected to the broker
+        self.subscribed = threading.Event()  # set once the broker has granted the probe subscription
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
-        self._tasks: set[asyncio.Future] = set()
+        self._tasks: set[concurrent.futures.Future[None]] = set()
         client_id = f"blindgate-cloud-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.client = make_client(config.mqtt, client_id)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -104,7 +114,9 @@ class MQTTBridge:
 
     # -- paho callbacks (network thread) ----------------------------------------------------------
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: ConnectFlags, reason_code: ReasonCode, properties: Properties | None
+    ) -> None:
         if reason_code.is_failure:
             log.error("MQTT connection refused", extra={"reason": str(reason_code)})
             return
@@ -113,18 +125,29 @@ class MQTTBridge:
         self.connected.set()
         log.info("MQTT connected", extra={"subscription": self.subscription})
 
-    def _on_connect_fail(self, client, userdata) -> None:
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         log.warning(
             "cannot reach the MQTT broker; retrying",
             extra={"host": self.config.mqtt.host, "port": self.config.mqtt.port},
         )
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: DisconnectFlags, reason_code: ReasonCode, properties: Properties | None
+    ) -> None:
         self.connected.clear()
+        self.subscribed.clear()
         if not self._closing:
             log.warning("MQTT disconnected; reconnecting", extra={"reason": str(reason_code)})
 
-    def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode], properties: Properties | None
+    ) -> None:
+        if all(not code.is_failure for code in reason_codes):
+            self.subscribed.set()
+        else:
+            log.error("MQTT subscription refused", extra={"reasons": [str(code) for code in reason_codes]})
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         self.metrics.inc("blindgate_probes_received_total")
         props = message.properties
         response_topic = getattr(props, "ResponseTopic", None) if props else None
@@ -139,26 +162,31 @@ class MQTTBridge:
             return
         fallback = {"site": site, "device": device, "request_id": correlation.hex() if correlation else "", "nonce": ""}
         try:
-            req = decode_probe_request(message.payload)
+            req = decode_probe_request(bytes(message.payload))
         except ProtocolError as exc:
             self._refuse(response_topic, correlation, fallback, "malformed", f"malformed probe request: {exc}")
             return
         if (req.site, req.device) != (site, device):
-            self._refuse(response_topic, correlation, fallback, "topic_mismatch",
-                         "the request's site/device differ from its topic's")
+            self._refuse(
+                response_topic, correlation, fallback, "topic_mismatch", "the request's site/device differ from its topic's"
+            )
             return
         if correlation is not None and correlation != bytes.fromhex(req.request_id):
-            self._refuse(response_topic, correlation, fallback, "correlation_mismatch",
-                         "CorrelationData differs from the request id")
+            self._refuse(
+                response_topic, correlation, fallback, "correlation_mismatch", "CorrelationData differs from the request id"
+            )
             return
         if req.expired():
             self._refuse(response_topic, correlation, req, "expired", "the request expired before the cloud received it")
             return
         if self._closing:
-            self._refuse(response_topic, correlation, req, "shutting_down", "the cloud is shutting down; retry", STATUS_BUSY)
+            self._refuse(response_topic, correlation, req, "shutting_down", "the cloud is shutting down; retry", ReplyStatus.BUSY)
             return
         if response_topic is None:
             self._drop("no_response_topic")
+            return
+        if self._loop is None:  # a message before start(): paho delivers none, but say so if it ever does
+            self._drop("not_started")
             return
         future = asyncio.run_coroutine_threadsafe(self._answer(req, response_topic, correlation), self._loop)
         self._tasks.add(future)
@@ -170,7 +198,15 @@ class MQTTBridge:
         self.metrics.inc("blindgate_probes_dropped_total", reason=reason)
         log.debug("probe dropped", extra={"reason": reason})
 
-    def _refuse(self, response_topic, correlation, req_or_fields, reason: str, message: str, status: str = STATUS_ERROR) -> None:
+    def _refuse(
+        self,
+        response_topic: str | None,
+        correlation: bytes | None,
+        req_or_fields: ProbeRequest | dict[str, str],
+        reason: str,
+        message: str,
+        status: ReplyStatus = ReplyStatus.ERROR,
+    ) -> None:
         """An error (or busy) reply when there is somewhere to send it, else a counted drop."""
         if response_topic is None:
             self._drop(reason)
@@ -182,16 +218,20 @@ class MQTTBridge:
         try:
             record = await self.site_lookup(req.site)
             if record is None:
-                reply = error_reply(req, STATUS_ERROR, f"site {req.site!r} is not registered with this cloud", self.reply_ttl)
+                reply = error_reply(
+                    req, ReplyStatus.ERROR, f"site {req.site!r} is not registered with this cloud", self.reply_ttl
+                )
             elif record.key_id != req.key_id:
-                reply = error_reply(req, STATUS_ERROR, f"key id {req.key_id!r} is not this site's registered key", self.reply_ttl)
+                reply = error_reply(
+                    req, ReplyStatus.ERROR, f"key id {req.key_id!r} is not this site's registered key", self.reply_ttl
+                )
             else:
-                if req.mode == MODE_VERIFY:
+                if req.mode == Mode.VERIFY and req.subject is not None:  # decoding requires the subject
                     version, results = await self.pool.verify(req.site, req.key_id, req.probe, req.subject, record.version)
                 else:
                     version, results = await self.pool.identify(req.site, req.key_id, req.probe, record.version)
                 reply = Reply(
-                    status=STATUS_OK,
+                    status=ReplyStatus.OK,
                     site=req.site,
                     device=req.device,
                     request_id=req.request_id,
@@ -201,13 +241,13 @@ class MQTTBridge:
                     results=tuple(results),
                 )
         except MatchError as exc:
-            if exc.kind == BUSY:
+            if exc.kind == MatchErrorKind.BUSY:
                 self.metrics.inc("blindgate_probes_busy_total")
-            status = STATUS_BUSY if exc.kind == BUSY else STATUS_ERROR
+            status = ReplyStatus.BUSY if exc.kind == MatchErrorKind.BUSY else ReplyStatus.ERROR
             reply = error_reply(req, status, exc.message, self.reply_ttl)
         except Exception:
             log.exception("probe failed", extra={"site": req.site, "device": req.device, "request_id": req.request_id})
-            reply = error_reply(req, STATUS_ERROR, "internal error in the cloud", self.reply_ttl)
+            reply = error_reply(req, ReplyStatus.ERROR, "internal error in the cloud", self.reply_ttl)
         self._publish(response_topic, correlation if correlation is not None else bytes.fromhex(req.request_id), reply)
         log.debug(
             "probe answered",

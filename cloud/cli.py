@@ -16,28 +16,28 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from aiohttp import web
 
 from blindgate.shared.config import CloudConfig, ConfigError, config_option, load_config
+from blindgate.shared.errors import BlindgateError
 from blindgate.shared.logs import setup_logging
+from blindgate.shared.protocol import public_key_to_text
+
+from .app import DB_NAME, create_app, load_or_create_signing_key
+from .store import GalleryStore
 
 log = logging.getLogger("blindgate.cloud")
 
-
-def _config(args) -> CloudConfig:
-    try:
-        return load_config(CloudConfig, args.config)
-    except ConfigError as exc:
-        print(f"blindgate-cloud: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+Command = Callable[[argparse.Namespace], int]
 
 
-def cmd_serve(args) -> int:
-    from aiohttp import web
-
-    from .app import create_app
-
-    config = _config(args)
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run HTTP + MQTT until SIGTERM/SIGINT."""
+    config = load_config(CloudConfig, args.config)
     setup_logging(config.log_level, config.log_format)
     app = create_app(config)
     log.info(
@@ -64,63 +64,62 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def cmd_public_key(args) -> int:
-    from blindgate.shared.protocol import public_key_to_text
-
-    from .app import load_or_create_signing_key
-
-    config = _config(args)
+def cmd_public_key(args: argparse.Namespace) -> int:
+    """Print the reply-signing public key (hex), creating the key on first use."""
+    config = load_config(CloudConfig, args.config)
     state_dir = Path(config.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     print(public_key_to_text(load_or_create_signing_key(state_dir).public_key()))
     return 0
 
 
-def cmd_check_store(args) -> int:
-    from .app import DB_NAME
-    from .store import GalleryStore, StoreError
-
-    config = _config(args)
+def cmd_check_store(args: argparse.Namespace) -> int:
+    """Integrity check and per-site sizes of the gallery store, as JSON; 1 if anything is wrong."""
+    config = load_config(CloudConfig, args.config)
     path = Path(config.state_dir) / DB_NAME
     if not path.exists():
         print(f"blindgate-cloud: no gallery store at {path}", file=sys.stderr)
         return 1
-    try:
-        with GalleryStore(path) as store:
-            problems = store.integrity_check()
-            sites = {}
-            for record in store.sites():
-                stats = store.stats(record.site_id)
-                sites[record.site_id] = {
-                    "key_id": record.key_id,
-                    "gallery_version": record.version,
-                    "subjects": stats["subjects"],
-                    "blocks": stats["blocks"],
-                    "bytes": stats["bytes"],
-                }
-    except StoreError as exc:
-        print(f"blindgate-cloud: {exc}", file=sys.stderr)
-        return 1
+    with GalleryStore(path) as store:
+        problems = store.integrity_check()
+        sites: dict[str, dict[str, Any]] = {}
+        for record in store.sites():
+            stats = store.stats(record.site_id)
+            sites[record.site_id] = {
+                "key_id": record.key_id,
+                "gallery_version": record.version,
+                "subjects": stats["subjects"],
+                "blocks": stats["blocks"],
+                "bytes": stats["bytes"],
+            }
     print(json.dumps({"store": str(path), "ok": not problems, "problems": problems, "sites": sites}, indent=2))
     return 0 if not problems else 1
 
 
+COMMANDS: dict[str, tuple[Command, str]] = {
+    "serve": (cmd_serve, "run the HTTP API and the MQTT matcher (default)"),
+    "public-key": (cmd_public_key, "print the cloud's reply-signing public key (64 hex characters)"),
+    "check-store": (cmd_check_store, "check the gallery store's integrity and print per-site sizes"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a blindgate error is printed as one line (no traceback) and exits non-zero."""
     common = config_option()
     parser = argparse.ArgumentParser(
         prog="blindgate-cloud", description="blindgate cloud: encrypted face matching service", parents=[common]
     )
     sub = parser.add_subparsers(dest="command")
-    for name, help_text in (
-        ("serve", "run the HTTP API and the MQTT matcher (default)"),
-        ("public-key", "print the cloud's reply-signing public key (64 hex characters)"),
-        ("check-store", "check the gallery store's integrity and print per-site sizes"),
-    ):
+    for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, parents=[common])
     args = parser.parse_args(argv)
     args.config = getattr(args, "config", None)
-    command = args.command or "serve"
-    return {"serve": cmd_serve, "public-key": cmd_public_key, "check-store": cmd_check_store}[command](args)
+    command, _ = COMMANDS[args.command or "serve"]
+    try:
+        return command(args)
+    except BlindgateError as exc:
+        print(f"blindgate-cloud: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1  # 2, like argparse: the command line or config is wrong
 
 
 if __name__ == "__main__":

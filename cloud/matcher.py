@@ -12,7 +12,7 @@ Enrollment and removal compute the new block in a worker from a fresh copy of th
 commits it through `GalleryStore.commit_enrollment` / `commit_removal`. A worker never writes.
 
 The pool is bounded: when `queue_size` probes are in flight (waiting or running), `identify`
-and `verify` fail at once with `MatchError("busy")`, which the bridge turns into a busy reply.
+and `verify` fail at once with `MatchError(MatchErrorKind.BUSY)`, which the bridge turns into a busy reply.
 
 Used from asyncio:
 
@@ -28,36 +28,54 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
+from blindgate.shared.engine import Block, EngineError, EvaluationKeys, Gallery, SlotRef, scan_blocks, verify
+from blindgate.shared.engine.context import Params, context_for
 from blindgate.shared.errors import BlindgateError
+from blindgate.shared.logs import setup_logging
+from blindgate.shared.protocol import BlockResult
+
+from .metrics import Metrics
+from .store import GalleryStore, StoreError, UnknownSite, UnknownSubject
 
 log = logging.getLogger("blindgate.cloud.matcher")
 
-BUSY = "busy"
-BAD_REQUEST = "bad_request"  # malformed probe or enrollment: the device's fault
-UNKNOWN_SITE = "unknown_site"
-WRONG_KEY = "wrong_key"
-UNKNOWN_SUBJECT = "unknown_subject"
-UNAVAILABLE = "unavailable"  # shutting down, or the store cannot be read
+T = TypeVar("T")
+ScanAnswer = tuple[int, list[BlockResult]]  # (gallery version scanned, one result per non-empty block)
+
+
+class MatchErrorKind(StrEnum):
+    """Why the matcher refused a request; the values are what logs and tests have always seen."""
+
+    BUSY = "busy"
+    BAD_REQUEST = "bad_request"  # malformed probe or enrollment: the device's fault
+    UNKNOWN_SITE = "unknown_site"
+    WRONG_KEY = "wrong_key"
+    UNKNOWN_SUBJECT = "unknown_subject"
+    UNAVAILABLE = "unavailable"  # shutting down, or the store cannot be read
 
 
 class MatchError(BlindgateError):
-    """A request the matcher refuses; `kind` is one of the constants above, `message` says why.
+    """A request the matcher refuses; `kind` says which refusal, `message` says why.
 
     Picklable (it crosses the process boundary) and safe to send to a device: it never holds
     probe bytes or anything derived from them.
     """
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: MatchErrorKind, message: str) -> None:
         super().__init__(kind, message)
-        self.kind = kind
+        self.kind = MatchErrorKind(kind)
         self.message = message
 
     def __str__(self) -> str:
@@ -65,21 +83,22 @@ class MatchError(BlindgateError):
 
 
 # --- worker side ---------------------------------------------------------------------------------
-# Module globals of a worker process; the main process never touches them.
+# Module globals of a worker process; the main process never touches them. The pool starts its
+# workers with "spawn", so the imports at the top are paid once per worker, before its first request.
 
 
 @dataclass
 class _SiteCache:
     version: int
     key_id: str
-    keys: object  # EvaluationKeys
-    blocks: list = field(default_factory=list)  # list[Block]
+    keys: EvaluationKeys
+    blocks: list[Block] = field(default_factory=list)
 
 
 _db_path: str | None = None
-_db = None  # GalleryStore, read-only
+_db: GalleryStore | None = None  # read-only
 _sites: dict[str, _SiteCache] = {}
-_keys: dict[str, object] = {}  # key_id -> EvaluationKeys (parsing a bundle costs tens of ms)
+_keys: dict[str, EvaluationKeys] = {}  # key_id -> keys (parsing a bundle costs tens of ms)
 
 
 def _watch_parent(parent: int) -> None:
@@ -94,15 +113,9 @@ def _init_worker(db_path: str, log_level: str | None, log_format: str) -> None:
     global _db_path
     _db_path = db_path
     if log_level:
-        from blindgate.shared.logs import setup_logging
-
         setup_logging(log_level, log_format)
-    import threading
-
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True, name="parent-watch").start()
     # Build the CKKS context once, before the first request needs it.
-    from blindgate.shared.engine.context import Params, context_for
-
     context_for(Params())
 
 
@@ -110,37 +123,33 @@ def _warm() -> int:
     return os.getpid()
 
 
-def _store():
+def _store() -> GalleryStore:
     """This worker's read-only view of the gallery store, opened on first use."""
     global _db
     if _db is None:
-        from .store import GalleryStore, StoreError
-
+        if _db_path is None:
+            raise MatchError(MatchErrorKind.UNAVAILABLE, "the matcher worker was started without a gallery store")
         try:
             _db = GalleryStore(_db_path, readonly=True)
         except StoreError as exc:
-            raise MatchError(UNAVAILABLE, f"gallery store cannot be opened: {exc}") from None
+            raise MatchError(MatchErrorKind.UNAVAILABLE, f"gallery store cannot be opened: {exc}") from None
     return _db
 
 
-def _read(what, *args):
-    """Call a store read, turning its errors into the matcher's."""
-    from .store import StoreError, UnknownSite, UnknownSubject
-
+def _read(what: Callable[..., T], site: str, *args: object) -> T:
+    """Call a store read about `site`, turning its errors into the matcher's."""
     try:
-        return what(*args)
+        return what(site, *args)
     except UnknownSite:
-        raise MatchError(UNKNOWN_SITE, f"site {args[0]!r} is not registered with this cloud") from None
+        raise MatchError(MatchErrorKind.UNKNOWN_SITE, f"site {site!r} is not registered with this cloud") from None
     except UnknownSubject as exc:
-        raise MatchError(UNKNOWN_SUBJECT, str(exc)) from None
+        raise MatchError(MatchErrorKind.UNKNOWN_SUBJECT, str(exc)) from None
     except StoreError as exc:
-        raise MatchError(UNAVAILABLE, f"gallery store cannot be read: {exc}") from None
+        raise MatchError(MatchErrorKind.UNAVAILABLE, f"gallery store cannot be read: {exc}") from None
 
 
 def _site(site: str, key_id: str | None, min_version: int) -> _SiteCache:
     """The site's gallery at the store's current version (reloaded if this worker is behind)."""
-    from blindgate.shared.engine import Block, EvaluationKeys
-
     cached = _sites.get(site)
     try:
         snap = _read(_store().gallery, site, cached.version if cached else None)
@@ -148,12 +157,12 @@ def _site(site: str, key_id: str | None, min_version: int) -> _SiteCache:
         _sites.pop(site, None)
         raise
     if key_id is not None and key_id != snap.key_id:
-        raise MatchError(WRONG_KEY, f"key id {key_id!r} is not site {site!r}'s registered key id")
+        raise MatchError(MatchErrorKind.WRONG_KEY, f"key id {key_id!r} is not site {site!r}'s registered key id")
     if snap.version < min_version:
-        raise MatchError(UNAVAILABLE, f"gallery store is at version {snap.version}, request needs {min_version}")
+        raise MatchError(MatchErrorKind.UNAVAILABLE, f"gallery store is at version {snap.version}, request needs {min_version}")
     if snap.blocks is None and cached is not None and cached.key_id == snap.key_id:
         return cached
-    if snap.blocks is None:  # cached under another key id: read everything again
+    if snap.blocks is None or snap.bundle is None:  # cached under another key id: read everything again
         _sites.pop(site, None)
         return _site(site, key_id, min_version)
     started = time.perf_counter()
@@ -165,20 +174,22 @@ def _site(site: str, key_id: str | None, min_version: int) -> _SiteCache:
     _sites[site] = cached
     log.info(
         "site loaded",
-        extra={"site": site, "gallery_version": snap.version, "blocks": len(blocks), "seconds": round(time.perf_counter() - started, 3)},
+        extra={
+            "site": site,
+            "gallery_version": snap.version,
+            "blocks": len(blocks),
+            "seconds": round(time.perf_counter() - started, 3),
+        },
     )
     return cached
 
 
-def _identify(site: str, key_id: str, probe: bytes, min_version: int):
-    from blindgate.shared.engine import EngineError, scan_blocks
-    from blindgate.shared.protocol import BlockResult
-
+def _identify(site: str, key_id: str, probe: bytes, min_version: int) -> ScanAnswer:
     state = _site(site, key_id, min_version)
     try:
         outputs = scan_blocks(state.keys, state.blocks, probe)
     except EngineError as exc:
-        raise MatchError(BAD_REQUEST, str(exc)) from None
+        raise MatchError(MatchErrorKind.BAD_REQUEST, str(exc)) from None
     results = [
         BlockResult.of(index, block.occupied, out)
         for index, (block, out) in enumerate(zip(state.blocks, outputs))
@@ -191,43 +202,36 @@ def _subject_row(site: str, subject: str) -> tuple[int, int, bytes]:
     """(block, slot, enrollment ciphertext) of a stored subject."""
     record = _read(_store().subject, site, subject)
     if record is None:
-        raise MatchError(UNKNOWN_SUBJECT, f"site {site!r} has no subject {subject!r}")
+        raise MatchError(MatchErrorKind.UNKNOWN_SUBJECT, f"site {site!r} has no subject {subject!r}")
     return record.block, record.slot, _read(_store().enrollment, site, subject)
 
 
-def _verify(site: str, key_id: str, probe: bytes, subject: str, min_version: int):
-    from blindgate.shared.engine import EngineError, verify
-    from blindgate.shared.protocol import BlockResult
-
+def _verify(site: str, key_id: str, probe: bytes, subject: str, min_version: int) -> ScanAnswer:
     state = _site(site, key_id, min_version)
     block, slot, enrollment = _subject_row(site, subject)
     try:
         result = verify(state.keys, probe, enrollment)
     except EngineError as exc:
-        raise MatchError(BAD_REQUEST, str(exc)) from None
+        raise MatchError(MatchErrorKind.BAD_REQUEST, str(exc)) from None
     occupied = np.zeros(state.keys.params.slots, dtype=bool)
     occupied[slot] = True
     return state.version, [BlockResult.of(block, occupied, result)]
 
 
-def _stored_block(site: str, index: int, keys):
+def _stored_block(site: str, index: int, keys: EvaluationKeys) -> Block:
     """A fresh copy of one stored block (enrollment changes a copy, the cache stays as committed)."""
-    from blindgate.shared.engine import Block
-
     data = _read(_store().block, site, index)
     return Block(keys) if data is None else Block.from_bytes(keys, data)
 
 
-def _enroll(site: str, enrollment: bytes, min_version: int):
+def _enroll(site: str, enrollment: bytes, min_version: int) -> tuple[int, SlotRef, bytes]:
     """Add one template to a copy of the block holding the first free slot; returns (base version, ref, block bytes)."""
-    from blindgate.shared.engine import EngineError, Gallery
-
     state = _site(site, None, min_version)
     gallery = Gallery(state.keys)
     try:
         ct = gallery.load_enrollment(enrollment)  # validate before any work
     except EngineError as exc:
-        raise MatchError(BAD_REQUEST, str(exc)) from None
+        raise MatchError(MatchErrorKind.BAD_REQUEST, str(exc)) from None
     gallery.blocks = list(state.blocks)
     ref = gallery.next_slot()
     block = _stored_block(site, ref.block, state.keys)
@@ -235,10 +239,8 @@ def _enroll(site: str, enrollment: bytes, min_version: int):
     return state.version, ref, block.to_bytes()
 
 
-def _remove(site: str, subject: str, min_version: int):
+def _remove(site: str, subject: str, min_version: int) -> tuple[int, int, bytes]:
     """Subtract a subject's template from a copy of its block; returns (base version, block index, block bytes)."""
-    from blindgate.shared.engine import EngineError, Gallery
-
     state = _site(site, None, min_version)
     index, slot, enrollment = _subject_row(site, subject)
     gallery = Gallery(state.keys)
@@ -246,18 +248,16 @@ def _remove(site: str, subject: str, min_version: int):
     try:
         block.remove(gallery.load_enrollment(enrollment), slot)
     except EngineError as exc:
-        raise MatchError(UNAVAILABLE, f"stored gallery is inconsistent: {exc}") from None
+        raise MatchError(MatchErrorKind.UNAVAILABLE, f"stored gallery is inconsistent: {exc}") from None
     return state.version, index, block.to_bytes()
 
 
 def _validate_bundle(bundle: bytes) -> str:
     """Parse and check an evaluation bundle (refuses secret keys); returns its key id."""
-    from blindgate.shared.engine import EngineError, EvaluationKeys
-
     try:
         keys = EvaluationKeys.from_bytes(bundle)
     except EngineError as exc:
-        raise MatchError(BAD_REQUEST, str(exc)) from None
+        raise MatchError(MatchErrorKind.BAD_REQUEST, str(exc)) from None
     _keys[keys.key_id] = keys
     return keys.key_id
 
@@ -273,7 +273,7 @@ class MatcherPool:
         db_path: str | Path,
         workers: int = 1,
         queue_size: int = 8,
-        metrics=None,
+        metrics: Metrics | None = None,
         log_level: str | None = None,
         log_format: str = "json",
     ) -> None:
@@ -308,9 +308,9 @@ class MatcherPool:
         pids = await asyncio.gather(*(loop.run_in_executor(self._executor, _warm) for _ in range(self.workers)))
         log.info("matcher workers ready", extra={"workers": self.workers, "pids": sorted(set(pids))})
 
-    async def _run(self, fn, *args):
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
         if self._executor is None or self._closing:
-            raise MatchError(UNAVAILABLE, "the matcher is shutting down")
+            raise MatchError(MatchErrorKind.UNAVAILABLE, "the matcher is shutting down")
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, fn, *args)
@@ -318,14 +318,15 @@ class MatcherPool:
             # A worker died (killed, out of memory): replace the pool so later requests work.
             log.error("a matcher worker died; restarting the pool")
             broken, self._executor = self._executor, (None if self._closing else self._new_executor())
-            broken.shutdown(wait=False, cancel_futures=True)
-            raise MatchError(UNAVAILABLE, "a matcher worker failed; retry") from None
+            if broken is not None:
+                broken.shutdown(wait=False, cancel_futures=True)
+            raise MatchError(MatchErrorKind.UNAVAILABLE, "a matcher worker failed; retry") from None
 
-    async def _probe(self, fn, *args):
+    async def _probe(self, fn: Callable[..., ScanAnswer], *args: object) -> ScanAnswer:
         if self._closing:
-            raise MatchError(BUSY, "the cloud is shutting down")
+            raise MatchError(MatchErrorKind.BUSY, "the cloud is shutting down")
         if self._inflight >= self.queue_size:
-            raise MatchError(BUSY, f"{self._inflight} probes are already waiting for a matcher")
+            raise MatchError(MatchErrorKind.BUSY, f"{self._inflight} probes are already waiting for a matcher")
         self._inflight += 1
         self._idle.clear()
         started = time.perf_counter()
@@ -338,19 +339,19 @@ class MatcherPool:
             if self.metrics is not None:
                 self.metrics.observe_scan(time.perf_counter() - started)
 
-    async def identify(self, site: str, key_id: str, probe: bytes, min_version: int = 0):
+    async def identify(self, site: str, key_id: str, probe: bytes, min_version: int = 0) -> ScanAnswer:
         """1:N: (gallery version, [BlockResult per non-empty block]). MatchError on refusal."""
         return await self._probe(_identify, site, key_id, bytes(probe), int(min_version))
 
-    async def verify(self, site: str, key_id: str, probe: bytes, subject: str, min_version: int = 0):
+    async def verify(self, site: str, key_id: str, probe: bytes, subject: str, min_version: int = 0) -> ScanAnswer:
         """1:1 against one subject: (gallery version, [one BlockResult]). MatchError on refusal."""
         return await self._probe(_verify, site, key_id, bytes(probe), subject, int(min_version))
 
-    async def prepare_enrollment(self, site: str, enrollment: bytes, min_version: int):
+    async def prepare_enrollment(self, site: str, enrollment: bytes, min_version: int) -> tuple[int, SlotRef, bytes]:
         """(base version, SlotRef, serialized block) for one new template; not yet committed."""
         return await self._run(_enroll, site, bytes(enrollment), int(min_version))
 
-    async def prepare_removal(self, site: str, subject: str, min_version: int):
+    async def prepare_removal(self, site: str, subject: str, min_version: int) -> tuple[int, int, bytes]:
         """(base version, block index, serialized block) without the subject; not yet committed."""
         return await self._run(_remove, site, subject, int(min_version))
 
@@ -364,10 +365,11 @@ class MatcherPool:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     async def close(self) -> None:
+        """Stop the workers: calls still queued are cancelled, running ones finish first."""
         self._closing = True
         executor, self._executor = self._executor, None
         if executor is not None:

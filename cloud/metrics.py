@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 
 # Scan latency buckets in seconds (a scan is ~70 ms per 4096-template block on one core).
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 
+LabelKey = tuple[tuple[str, str], ...]  # sorted (label, value) pairs of one series
+# A gauge's reading: one number, or a number per label set.
+GaugeValue = float | dict[LabelKey, float]
+
 
 class Histogram:
+    """Cumulative latency buckets in Prometheus' sense: a value counts in every bucket it fits."""
+
     def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         self.buckets = buckets
         self.counts = [0] * len(buckets)
@@ -57,18 +64,20 @@ class Metrics:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counters: dict[str, dict[tuple, float]] = defaultdict(lambda: defaultdict(float))
+        self._counters: dict[str, dict[LabelKey, float]] = defaultdict(lambda: defaultdict(float))
         self.scan_seconds = Histogram()
         self.enroll_seconds = Histogram()
         # Gauges are read at render time from these callables (set by the app).
-        self.gauges: dict[str, tuple[str, callable]] = {}
+        self.gauges: dict[str, tuple[str, Callable[[], GaugeValue]]] = {}
 
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
+        """Add `amount` to the counter series `name{labels}` (callable from any thread)."""
         key = tuple(sorted(labels.items()))
         with self._lock:
             self._counters[name][key] += amount
 
     def get(self, name: str, **labels: str) -> float:
+        """The current value of one counter series (0 if never incremented)."""
         key = tuple(sorted(labels.items()))
         with self._lock:
             return self._counters.get(name, {}).get(key, 0.0)
@@ -81,11 +90,12 @@ class Metrics:
         with self._lock:
             self.enroll_seconds.observe(seconds)
 
-    def gauge(self, name: str, help_text: str, read) -> None:
+    def gauge(self, name: str, help_text: str, read: Callable[[], GaugeValue]) -> None:
         """Register a gauge whose value `read()` returns at scrape time (a number or {labels: value})."""
         self.gauges[name] = (help_text, read)
 
     def render(self) -> str:
+        """The Prometheus text exposition of every counter, histogram and gauge."""
         lines: list[str] = []
         with self._lock:
             names = sorted(set(self.HELP) | set(self._counters))
@@ -109,14 +119,14 @@ class Metrics:
                 lines.append(f"{name}_count {hist.count}")
         for name, (help_text, read) in sorted(self.gauges.items()):
             try:
-                value = read()
+                reading = read()
             except Exception:  # a gauge must never break the scrape
                 continue
             lines.append(f"# HELP {name} {help_text}")
             lines.append(f"# TYPE {name} gauge")
-            if isinstance(value, dict):
-                for labels, v in sorted(value.items()):
+            if isinstance(reading, dict):
+                for labels, v in sorted(reading.items()):
                     lines.append(f"{name}{_labels(dict(labels))} {v:g}")
             else:
-                lines.append(f"{name} {value:g}")
+                lines.append(f"{name} {reading:g}")
         return "\n".join(lines) + "\n"

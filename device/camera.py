@@ -8,6 +8,9 @@ pipeline the door runs, without a camera.
     with open_camera("picamera2", width=640, height=480, fps=15) as camera:
         for frame in camera:
             ...
+
+`CameraSource` is the seam the agent is typed against (`read`, `close`); the sources here share
+`FrameStream`, which adds the `with` block and iteration on top of their `read`.
 """
 
 from __future__ import annotations
@@ -21,15 +24,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol, Self
 
 import cv2
 import numpy as np
 
 from blindgate.device.faces import load_image
 
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 PI_CAMERA_NAMES = frozenset({"picamera2", "picamera", "pi"})
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
@@ -49,8 +51,20 @@ class Frame:
     timestamp: float
 
 
-class CameraSource(ABC):
+class CameraSource(Protocol):
     """A stream of frames. ``read`` returns None once the stream has ended."""
+
+    def read(self) -> Frame | None:
+        """The next frame, or None at the end of the stream (or when the device stops)."""
+        ...
+
+    def close(self) -> None:
+        """Release the device or file; safe to call more than once."""
+        ...
+
+
+class FrameStream(ABC):
+    """The `CameraSource` base of this module's sources: ``with`` closes it, iterating reads to the end."""
 
     @abstractmethod
     def read(self) -> Frame | None:
@@ -60,7 +74,7 @@ class CameraSource(ABC):
     def close(self) -> None:
         """Release the device or file; safe to call more than once."""
 
-    def __enter__(self) -> CameraSource:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -78,13 +92,13 @@ class CameraSource(ABC):
 
 def _resize(rgb: np.ndarray, width: int | None, height: int | None) -> np.ndarray:
     """Fit a frame to the requested size; with only one side given, keep the aspect ratio."""
-    if width is None and height is None:
-        return rgb
     h, w = rgb.shape[:2]
-    if width is None:
-        width = max(1, round(w * height / h))
-    elif height is None:
+    if height is None:
+        if width is None:
+            return rgb
         height = max(1, round(h * width / w))
+    elif width is None:
+        width = max(1, round(w * height / h))
     if (w, h) == (width, height):
         return rgb
     interpolation = cv2.INTER_AREA if width * height < w * h else cv2.INTER_LINEAR
@@ -110,16 +124,14 @@ def _check_positive(name: str, value: float | None) -> None:
         raise ValueError(f"{name} must be positive, not {value!r}")
 
 
-class PiCamera2Source(CameraSource):
+class PiCamera2Source(FrameStream):
     """The Raspberry Pi camera module through picamera2 (libcamera).
 
     picamera2 is imported here, not at module level, so everything else works on machines
     without it.
     """
 
-    def __init__(
-        self, width: int = 640, height: int = 480, fps: float | None = None, camera_num: int = 0
-    ) -> None:
+    def __init__(self, width: int = 640, height: int = 480, fps: float | None = None, camera_num: int = 0) -> None:
         _check_positive("fps", fps)
         try:
             from picamera2 import Picamera2
@@ -132,9 +144,7 @@ class PiCamera2Source(CameraSource):
         try:
             self._camera = Picamera2(camera_num)
         except Exception as exc:  # libcamera reports a missing camera as e.g. IndexError
-            raise RuntimeError(
-                f"no Pi camera {camera_num} available through libcamera: {exc}"
-            ) from exc
+            raise RuntimeError(f"no Pi camera {camera_num} available through libcamera: {exc}") from exc
         self.width, self.height = width, height
         controls = {}
         if fps is not None:
@@ -142,9 +152,7 @@ class PiCamera2Source(CameraSource):
             controls["FrameDurationLimits"] = (frame_us, frame_us)
         # "RGB888" is named after the DRM/libcamera pixel format, whose bytes are stored
         # B, G, R: the arrays come out BGR-ordered (what OpenCV expects), so read() swaps them.
-        config = self._camera.create_video_configuration(
-            main={"size": (width, height), "format": "RGB888"}, controls=controls
-        )
+        config = self._camera.create_video_configuration(main={"size": (width, height), "format": "RGB888"}, controls=controls)
         self._camera.configure(config)
         self._camera.start()
         self._index = 0
@@ -178,7 +186,7 @@ class PiCamera2Source(CameraSource):
                 self._camera.close()
 
 
-class OpenCVSource(CameraSource):
+class OpenCVSource(FrameStream):
     """A USB/V4L2 camera by index, or a network stream (rtsp://, http://...), via OpenCV.
 
     Width, height and fps are requested from the backend; frames are resized when the backend
@@ -232,7 +240,7 @@ class OpenCVSource(CameraSource):
         self._cap.release()
 
 
-class VideoFileSource(CameraSource):
+class VideoFileSource(FrameStream):
     """A recorded video played as a camera; timestamps are positions in the video.
 
     ``realtime`` sleeps so frames come at the file's own pace (frames are never dropped for a
@@ -311,7 +319,7 @@ class VideoFileSource(CameraSource):
         self._cap.release()
 
 
-class ImageFolderSource(CameraSource):
+class ImageFolderSource(FrameStream):
     """The images in a folder, in file-name order, as frames (``paths[frame.index]`` is the file).
 
     With ``fps`` the frames are paced at that rate and timestamped ``index / fps``; without it
@@ -331,9 +339,7 @@ class ImageFolderSource(CameraSource):
         if not folder.is_dir():
             raise NotADirectoryError(f"image folder not found: {folder}")
         _check_positive("fps", fps)
-        self.paths = sorted(
-            p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-        )
+        self.paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not self.paths:
             suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
             raise ValueError(f"no images ({suffixes}) in {folder}")
@@ -372,7 +378,7 @@ def open_camera(
     height: int | None = None,
     fps: float | None = None,
     realtime: bool = False,
-) -> CameraSource:
+) -> FrameStream:
     """The source a command-line/config string names.
 
     - ``picamera2`` or ``pi``: the Pi camera module (640x480 unless width/height say
@@ -387,9 +393,9 @@ def open_camera(
     """
     text = str(spec).strip()
     if text.lower() in PI_CAMERA_NAMES:
-        if width is None and height is None:
-            width, height = 640, 480
-        width = width or round(height * 4 / 3)  # the sensor's 4:3 when only one side is given
+        # 640x480 by default; the sensor's 4:3 when only one side is given
+        if not width:
+            width = round(height * 4 / 3) if height else 640
         height = height or round(width * 3 / 4)
         return PiCamera2Source(width, height, fps)
     if text.isdecimal():

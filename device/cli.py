@@ -28,14 +28,17 @@ import sys
 
 import numpy as np
 
-from blindgate.shared.config import ConfigError, DeviceConfig, config_option, load_config
-from blindgate.shared.engine import THRESHOLD, EngineError, encrypt_enrollment, generate_site_keys
+from blindgate.shared.config import ConfigError, DecisionConfig, DeviceConfig, config_option, load_config
+from blindgate.shared.engine import EngineError, encrypt_enrollment, generate_site_keys
 from blindgate.shared.errors import BlindgateError
 from blindgate.shared.logs import setup_logging
 from blindgate.shared.protocol import ProtocolError, public_key_from_text
 
+from .agent import Agent, face_config, open_configured_camera
 from .cloud_client import CloudClient, CloudError
+from .faces import FaceAnalyzer, load_image
 from .labels import LabelCipher, LabelError
+from .notify import Notifier
 from .state import CloudLink, DeviceState, StateError
 
 log = logging.getLogger("blindgate.device.cli")
@@ -84,10 +87,7 @@ def cmd_init(config: DeviceConfig, args) -> int:
 # -- enroll ------------------------------------------------------------------------------------
 
 
-def _analyzer(config: DeviceConfig):
-    from .agent import face_config
-    from .faces import FaceAnalyzer
-
+def _analyzer(config: DeviceConfig) -> FaceAnalyzer:
     return FaceAnalyzer(face_config(config))
 
 
@@ -103,8 +103,8 @@ def collect_embeddings(analyzer, images) -> list[np.ndarray]:
     return found
 
 
-def template_from(embeddings: list[np.ndarray], threshold: float = THRESHOLD) -> np.ndarray:
-    """The mean embedding, after checking every input is within `threshold` of it."""
+def template_from(embeddings: list[np.ndarray], threshold: float = DecisionConfig.threshold) -> np.ndarray:
+    """The mean embedding, after checking every input is within `threshold` (the access rule's, from config) of it."""
     if not embeddings:
         raise UsageError("no usable face: need a sharp, frontal face of at least the minimum size")
     stack = np.stack(embeddings)
@@ -121,7 +121,6 @@ def cmd_enroll(config: DeviceConfig, args) -> int:
     labels = LabelCipher.load(state.dir, config.site)
     analyzer = _analyzer(config)
     if args.camera:
-        from .agent import open_configured_camera
 
         def frames():
             with open_configured_camera(config) as camera:
@@ -143,15 +142,22 @@ def cmd_enroll(config: DeviceConfig, args) -> int:
     else:
         if not args.images:
             raise UsageError("give one or more IMAGE files, or --camera")
-        from .faces import load_image
-
         embeddings = collect_embeddings(analyzer, ((p, load_image(p)) for p in args.images))
     template = template_from(embeddings, config.decision.threshold)
     enrollment = encrypt_enrollment(keys, template)
     answer = _client(config, state).enroll(enrollment, labels.encrypt(args.name), keys.key_id)
-    print(json.dumps({"subject": answer.get("subject"), "name": args.name, "faces": len(embeddings),
-                      "block": answer.get("block"), "slot": answer.get("slot"),
-                      "gallery_version": answer.get("gallery_version")}))
+    print(
+        json.dumps(
+            {
+                "subject": answer.get("subject"),
+                "name": args.name,
+                "faces": len(embeddings),
+                "block": answer.get("block"),
+                "slot": answer.get("slot"),
+                "gallery_version": answer.get("gallery_version"),
+            }
+        )
+    )
     return 0
 
 
@@ -167,8 +173,15 @@ def _subjects(config: DeviceConfig, state: DeviceState) -> tuple[int, list[dict]
             name = labels.decrypt(base64.b64decode(item["label"]))
         except (LabelError, ValueError, TypeError):
             name = None
-        rows.append({"subject": item["subject"], "name": name, "block": item.get("block"),
-                     "slot": item.get("slot"), "created": item.get("created")})
+        rows.append(
+            {
+                "subject": item["subject"],
+                "name": name,
+                "block": item.get("block"),
+                "slot": item.get("slot"),
+                "created": item.get("created"),
+            }
+        )
     return int(answer.get("gallery_version", 0)), rows
 
 
@@ -222,9 +235,6 @@ def cmd_status(config: DeviceConfig, args) -> int:
 
 
 def cmd_run(config: DeviceConfig, args) -> int:
-    from .agent import Agent, open_configured_camera
-    from .notify import Notifier
-
     agent = Agent.from_config(config)
     notifier = Notifier()
 
@@ -268,7 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", parents=[common], help="local state and cloud stats")
     p = sub.add_parser("run", parents=[common], help="run the door agent")
     p.add_argument("--max-frames", type=int, default=None, help=argparse.SUPPRESS)
-    sub.add_parser("evaluate", parents=[common], add_help=False, help="accuracy and cost of encrypted matching on LFW pairs (see evaluate --help)")
+    sub.add_parser(
+        "evaluate",
+        parents=[common],
+        add_help=False,
+        help="accuracy and cost of encrypted matching on LFW pairs (see evaluate --help)",
+    )
     return parser
 
 

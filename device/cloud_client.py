@@ -26,6 +26,8 @@ class CloudError(BlindgateError, RuntimeError):
 
 
 class CloudClient:
+    """One site's view of the admin API: blocking calls, each answer the server's JSON object."""
+
     def __init__(self, base_url: str, site: str, token: str | None = None, timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.site = check_name(site, "site")

@@ -1,4 +1,8 @@
-"""The door's decision rules: pure logic, no I/O, a clock passed in.
+"""The access rule and the door's decision rules: pure logic, no I/O, a clock passed in.
+
+`access_verdict` is the ONE place where a decrypted distance becomes a verdict kind (match,
+unknown, doubt); the threshold and the doubt margin come from `DecisionConfig` and nowhere else.
+The agent, the evaluation and the demo all call it.
 
 Every frame the agent gets a verdict about it (`observe_match`, `observe_unknown`,
 `observe_doubt`) and calls `tick()` regularly; the `DecisionEngine` says when to unlock, when to
@@ -27,9 +31,11 @@ Rules:
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from enum import StrEnum
 
 from blindgate.shared.config import DecisionConfig
 
@@ -38,22 +44,54 @@ FAILURE_MEMORY_S = 300.0
 # The system notes (Android class 1): lockout for at least 30 s after 5 failures.
 MIN_LOCKOUT_S = 30.0
 
-EVENT_RECOGNIZED = "recognized"
-EVENT_UNKNOWN = "unknown"
-EVENT_DENIED = "denied"
+
+class VerdictKind(StrEnum):
+    """What one frame's reply means. `REJECTED`: not an answer to the request being awaited."""
+
+    MATCH = "match"
+    UNKNOWN = "unknown"
+    DOUBT = "doubt"
+    REJECTED = "rejected"
+
+
+class DoorEvent(StrEnum):
+    """What the door publishes (MQTT event topic, Home Assistant event types, audit log)."""
+
+    RECOGNIZED = "recognized"
+    UNKNOWN = "unknown"
+    DENIED = "denied"
+
+
+DEFAULT_DECISION = DecisionConfig()
+
+
+def access_verdict(distance: float, config: DecisionConfig = DEFAULT_DECISION) -> VerdictKind:
+    """The access rule: the best decrypted distance -> MATCH, UNKNOWN or DOUBT.
+
+    MATCH at or under `config.threshold`; DOUBT within `config.doubt_margin` above it (the same
+    person in poor light: stay locked, but it is no failed attempt); UNKNOWN beyond, and for
+    inf/NaN, which mean nobody is enrolled.
+    """
+    if not math.isfinite(distance) or distance > config.threshold + config.doubt_margin:
+        return VerdictKind.UNKNOWN
+    if distance > config.threshold:
+        return VerdictKind.DOUBT
+    return VerdictKind.MATCH
 
 
 @dataclass(frozen=True)
 class Decision:
     """What one verdict changed: an event to publish (or None) and whether to unlock now."""
 
-    event: str | None = None
+    event: DoorEvent | None = None
     subject: str | None = None
     unlock: bool = False
     reason: str = ""
 
 
 class DecisionEngine:
+    """The door's state over time: agreeing runs, hold-open, cooldown, failed attempts, lockout."""
+
     def __init__(self, config: DecisionConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config or DecisionConfig()
         if self.config.frames_required < 1:
@@ -116,10 +154,10 @@ class DecisionEngine:
             if now < self._denied_quiet_until:
                 return Decision(reason="denied (locked out), event already sent")
             self._denied_quiet_until = now + self.config.cooldown_s
-            return Decision(event=EVENT_DENIED, subject=subject, reason="recognized during lockout")
+            return Decision(event=DoorEvent.DENIED, subject=subject, reason="recognized during lockout")
         self._open_until = now + self.config.open_seconds
         self._failures.clear()
-        return Decision(event=EVENT_RECOGNIZED, subject=subject, unlock=True, reason="recognized")
+        return Decision(event=DoorEvent.RECOGNIZED, subject=subject, unlock=True, reason="recognized")
 
     def observe_unknown(self) -> Decision:
         now = self.clock()
@@ -136,7 +174,7 @@ class DecisionEngine:
         if len(self._failures) >= self.config.lockout_failures:
             self._lockout_until = now + self.lockout_s
             reason += f": locked out for {self.lockout_s:g} s"
-        return Decision(event=EVENT_UNKNOWN, reason=reason)
+        return Decision(event=DoorEvent.UNKNOWN, reason=reason)
 
     def observe_doubt(self, reason: str = "doubt") -> Decision:
         """A timeout, error, unauthenticated or stale reply, or a borderline score: stay locked."""

@@ -8,7 +8,8 @@ It starts Mosquitto on a free loopback port (temporary config), the cloud servic
 agent over a recorded camera stream with gpiozero's mock pin as the lock. Every decision and
 every lock change is printed as it happens, with the time of each step (detect, embed, encrypt,
 round trip, decrypt); distances and scores are never printed, exactly as the agent's events
-carry none. Ctrl-C (or SIGTERM) stops everything and removes the temporary files (unless --keep).
+carry none. The printing is attached to the real agent through its `when_decided` and
+`when_lock_changed` callbacks. Ctrl-C (or SIGTERM) stops everything and removes the temporary files (unless --keep).
 
 People and camera:
 - with ../shared/faces beside the repository (or --faces DIR): the people of DIR/people are
@@ -33,19 +34,32 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from blindgate.device.agent import Agent, Verdict, open_configured_camera
+from blindgate.device.camera import CameraSource, Frame
+from blindgate.device.cli import main as device_main
+from blindgate.device.decision import Decision, DoorEvent, VerdictKind
+from blindgate.shared.config import DeviceConfig, load_config
 from blindgate.shared.errors import BlindgateError
+from blindgate.shared.launch import CloudService, mosquitto_binary, start_broker, write_device_config
 
 DEFAULT_FACES = Path(__file__).resolve().parents[1].parent / "shared" / "faces"
 VIDEO = Path("video") / "short_hamilton_clip.mp4"
 VIDEO_PERSON = "lin_manuel_miranda"  # the one person in the clip (faces/README.md)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-STAGES = (("detect", "detect_ms"), ("embed", "embed_ms"), ("encrypt", "encrypt_ms"), ("round trip", "round_trip_ms"), ("decrypt", "decrypt_ms"))
+STAGES = (
+    ("detect", "detect_ms"),
+    ("embed", "embed_ms"),
+    ("encrypt", "encrypt_ms"),
+    ("round trip", "round_trip_ms"),
+    ("decrypt", "decrypt_ms"),
+)
 
 
 class DemoError(BlindgateError, RuntimeError):
@@ -67,8 +81,6 @@ def say(text: str) -> None:
 
 def ensure_mosquitto() -> str:
     """The mosquitto binary; installed with apt-get when missing and we may (root or sudo -n)."""
-    from blindgate.shared.launch import mosquitto_binary
-
     found = mosquitto_binary()
     if found:
         return found
@@ -166,8 +178,6 @@ def plan_custom(enroll: list[str]) -> dict[str, list[Path]]:
 
 def device_cli(config: Path, *args: str) -> tuple[int, str, str]:
     """`blindgate-device --config CONFIG ARGS` in this process; (exit code, stdout, stderr)."""
-    from blindgate.device.cli import main as device_main
-
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = device_main(["--config", str(config), *args])
@@ -187,110 +197,104 @@ def enroll_people(config: Path, people: dict[str, list[Path]]) -> list[str]:
             say(f"{name}: not enrolled ({(err.strip().splitlines() or ['failed'])[-1]})")
             continue
         answer = json.loads(out.strip().splitlines()[-1])
-        say(f"{name}: enrolled from {answer['faces']} of {used} photo(s) as subject {answer['subject']} "
-            f"(encrypted template -> cloud, {time.monotonic() - t0:.1f} s)")
+        say(
+            f"{name}: enrolled from {answer['faces']} of {used} photo(s) as subject {answer['subject']} "
+            f"(encrypted template -> cloud, {time.monotonic() - t0:.1f} s)"
+        )
         enrolled.append(name)
     return enrolled
 
 
-def make_agent_class():
-    from blindgate.device.agent import Agent
+class DoorPrinter:
+    """Prints each judged frame and each lock change as they happen (attached as agent callbacks)."""
 
-    class DemoAgent(Agent):
-        """The real agent; it also prints each judged frame and each lock change as they happen."""
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.frame_index = 0
+        self.openings: list[tuple[str | None, int]] = []
+        self.shown_lock: str | None = None
+        self.judged = 0
 
-        t0 = time.monotonic()
-        frame_index = 0
-        openings: list[tuple[str | None, int]] = []
-        last_verdict = None
-        shown_lock: str | None = None
-        judged = 0
+    def attach(self, agent: Agent) -> None:
+        self.lock = agent.lock
+        agent.when_decided = self.decided
+        agent.when_lock_changed = self.lock_changed
 
-        def stamp(self) -> str:
-            return f"{time.monotonic() - self.t0:6.1f}s"
+    def stamp(self) -> str:
+        return f"{time.monotonic() - self.t0:6.1f}s"
 
-        def apply(self, verdict):
-            self.last_verdict = verdict
-            return super().apply(verdict)
+    def lock_changed(self, state: str) -> None:
+        self.shown_lock = state
+        print(f"{self.stamp()}  lock -> {state}", flush=True)
 
-        def publish_lock_state(self) -> None:
-            super().publish_lock_state()
-            state = "LOCKED" if self.lock.is_locked else "UNLOCKED"
-            if state != self.shown_lock:
-                self.shown_lock = state
-                print(f"{self.stamp()}  lock -> {state}", flush=True)
-
-        def process_frame(self, rgb):
-            decision = super().process_frame(rgb)
-            if decision is None:
-                return None  # no usable face in this frame
-            self.judged += 1
-            verdict = self.last_verdict
-            if decision.event:
-                who = verdict.label if decision.event != "unknown" else "face"
-                what = f"{decision.event.upper()} {who or ''}".strip()
-            elif verdict.kind == "match":
-                what = f"match {verdict.label} ({decision.reason})"
-            else:
-                what = decision.reason
-            if decision.unlock:
-                self.openings.append((verdict.label, self.frame_index))
-            door = "LOCKED" if self.lock.is_locked else "UNLOCKED"
-            t = self.timings[-1] if self.timings else {}
-            steps = ", ".join(f"{name} {t.get(key, 0.0):.0f} ms" for name, key in STAGES)
-            print(f"{self.stamp()}  frame {self.frame_index:4d}  {what:56s} door {door:8s} ({steps})", flush=True)
-            return decision
-
-    return DemoAgent
+    def decided(self, verdict: Verdict, decision: Decision) -> None:
+        if not verdict.timings:
+            return  # not a judged frame (an internal error): the agent logs it
+        self.judged += 1
+        if decision.event:
+            who = verdict.label if decision.event != DoorEvent.UNKNOWN else "face"
+            what = f"{decision.event.upper()} {who or ''}".strip()
+        elif verdict.kind is VerdictKind.MATCH:
+            what = f"match {verdict.label} ({decision.reason})"
+        else:
+            what = decision.reason
+        if decision.unlock:
+            self.openings.append((verdict.label, self.frame_index))
+        door = "LOCKED" if self.lock.is_locked else "UNLOCKED"
+        steps = ", ".join(f"{name} {verdict.timings.get(key, 0.0):.0f} ms" for name, key in STAGES)
+        print(f"{self.stamp()}  frame {self.frame_index:4d}  {what:56s} door {door:8s} ({steps})", flush=True)
 
 
 class NumberedCamera:
-    """Passes frames through, telling the agent which frame it is judging."""
+    """Passes frames through, telling the printer which frame the agent is judging."""
 
-    def __init__(self, camera, agent) -> None:
-        self.camera, self.agent, self.frames = camera, agent, 0
+    def __init__(self, camera: CameraSource, printer: DoorPrinter) -> None:
+        self.camera, self.printer, self.frames = camera, printer, 0
 
-    def read(self):
+    def read(self) -> Frame | None:
         frame = self.camera.read()
         if frame is not None:
             self.frames += 1
-            self.agent.frame_index = frame.index
+            self.printer.frame_index = frame.index
         return frame
+
+    def close(self) -> None:
+        self.camera.close()
 
 
 def run_door(config_path: Path, expected: str | None, enrolled: list[str], truth: dict[int, str | None] | None = None) -> int:
-    from blindgate.device.agent import open_configured_camera
-    from blindgate.shared.config import DeviceConfig, load_config
-
     config = load_config(DeviceConfig, config_path)
-    agent = make_agent_class().from_config(config)
-    agent.t0 = time.monotonic()
+    agent = Agent.from_config(config)
+    printer = DoorPrinter()
+    printer.attach(agent)
     try:
         agent.connect(wait=10)
         with open_configured_camera(config) as camera:
-            numbered = NumberedCamera(camera, agent)
+            numbered = NumberedCamera(camera, printer)
             agent.run(numbered)  # returns once the door has locked again
     finally:
         agent.close()
-    if agent.shown_lock != "LOCKED":
-        print(f"{agent.stamp()}  lock -> LOCKED (agent stopped)")
+    if printer.shown_lock != "LOCKED":
+        print(f"{printer.stamp()}  lock -> LOCKED (agent stopped)")
 
     phase("summary")
-    opened = [label for label, _ in agent.openings]
-    say(f"frames read {numbered.frames}, faces judged {agent.judged}, door opened {len(opened)} time(s)"
-        + (f" for {', '.join(sorted(set(map(str, opened))))}" if opened else ""))
+    opened = [label for label, _ in printer.openings]
+    say(
+        f"frames read {numbered.frames}, faces judged {printer.judged}, door opened {len(opened)} time(s)"
+        + (f" for {', '.join(sorted(set(map(str, opened))))}" if opened else "")
+    )
     counters = {k: v for k, v in sorted(agent.counters.items())}
     say("counters: " + ", ".join(f"{k} {v}" for k, v in counters.items()))
     timings = list(agent.timings)
     if timings:
-        import statistics
-
-        say("median per judged frame: " + ", ".join(
-            f"{name} {statistics.median(t.get(key, 0.0) for t in timings):.0f} ms" for name, key in STAGES))
+        say(
+            "median per judged frame: "
+            + ", ".join(f"{name} {statistics.median(t.get(key, 0.0) for t in timings):.0f} ms" for name, key in STAGES)
+        )
     if expected is not None:
         ok = expected in opened and all(label == expected for label in opened)
         if truth is not None:  # and on frames that show that person
-            ok = ok and all(truth.get(index) == expected for _, index in agent.openings)
+            ok = ok and all(truth.get(index) == expected for _, index in printer.openings)
         wanted = f"the door opened for {expected} and for nobody else"
     else:
         ok = bool(opened) and all(label in enrolled for label in opened)
@@ -310,8 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m blindgate.device.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--faces", type=Path, default=DEFAULT_FACES, help="face data folder with people/ and video/ (default ../shared/faces)")
-    parser.add_argument("--sample", action="store_true", help="use scikit-image's sample photograph even if the face data is there")
+    parser.add_argument(
+        "--faces", type=Path, default=DEFAULT_FACES, help="face data folder with people/ and video/ (default ../shared/faces)"
+    )
+    parser.add_argument(
+        "--sample", action="store_true", help="use scikit-image's sample photograph even if the face data is there"
+    )
     parser.add_argument("--camera", help="camera source: video file, image folder, device number, URL or picamera2")
     parser.add_argument("--enroll", action="append", default=[], metavar="NAME=IMAGE", help="enroll NAME from IMAGE (repeatable)")
     parser.add_argument("--expect", metavar="NAME", help="who must get in (with --camera/--enroll)")
@@ -329,16 +337,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         phase("1/5 broker")
         binary = ensure_mosquitto()
-        from blindgate.shared.launch import CloudService, start_broker, write_device_config
-
         broker = start_broker(workdir / "mosquitto")
         say(f"mosquitto ({binary}) listening on {broker.host}:{broker.port}, config {broker.workdir / 'mosquitto.conf'}")
 
         phase("2/5 cloud service")
         t0 = time.monotonic()
         cloud = CloudService(workdir / "cloud", broker, workdir / "cloud.log").start()
-        say(f"python -m blindgate.cloud.cli serve: pid {cloud.process.pid}, {cloud.url}, fresh state {cloud.state_dir} "
-            f"(ready in {time.monotonic() - t0:.1f} s, log {cloud.log_path})")
+        pid = cloud.process.pid if cloud.process is not None else "?"
+        say(
+            f"python -m blindgate.cloud.cli serve: pid {pid}, {cloud.url}, fresh state {cloud.state_dir} "
+            f"(ready in {time.monotonic() - t0:.1f} s, log {cloud.log_path})"
+        )
 
         if args.camera:
             people, camera, expected, truth = plan_custom(args.enroll), args.camera, args.expect, None
@@ -353,8 +362,15 @@ def main(argv: list[str] | None = None) -> int:
 
         phase("3/5 provision the door (blindgate-device init)")
         config = write_device_config(
-            workdir / "device.toml", site="demo", cloud_url=cloud.url, broker=broker, state_dir=workdir / "device",
-            camera=camera, fps=args.fps, realtime=args.realtime, log_level="WARNING",  # decisions are printed instead
+            workdir / "device.toml",
+            site="demo",
+            cloud_url=cloud.url,
+            broker=broker,
+            state_dir=workdir / "device",
+            camera=camera,
+            fps=args.fps,
+            realtime=args.realtime,
+            log_level="WARNING",  # decisions are printed instead
         )
         t0 = time.monotonic()
         rc, out, err = device_cli(config, "init")

@@ -46,16 +46,18 @@ import math
 import os
 import platform
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from blindgate.device.evaluation.common import (
+    ACCESS_RULE,
     CACHE_NAME,
     MAX_ERROR_TARGET,
     TARGET_FAR,
     InputError,
+    door_accepts,
 )
 from blindgate.device.evaluation.embedding import (
     EmbeddingCache,
@@ -82,10 +84,6 @@ from blindgate.device.evaluation.report import (
     plot_errors,
     plot_roc,
     render_report,
-)
-from blindgate.shared.engine import (
-    THRESHOLD,
-    is_match,
 )
 
 # -- main ---------------------------------------------------------------------------------------
@@ -168,7 +166,7 @@ def _evaluate(args, progress: bool, argv) -> int:
     run = run_encrypted(first, second, gallery_rows, slot_of_pair, progress)
 
     variants = {"plaintext": plain, "encrypted_1to1": run.d11, "encrypted_1toN": run.d1n}
-    decisions = {k: np.array([is_match(v) for v in d]) for k, d in variants.items()}
+    decisions = {k: door_accepts(d) for k, d in variants.items()}
     diff = {
         "1to1": int(np.sum(decisions["encrypted_1to1"] != decisions["plaintext"])),
         "1toN": int(np.sum(decisions["encrypted_1toN"] != decisions["plaintext"])),
@@ -202,7 +200,10 @@ def _evaluate(args, progress: bool, argv) -> int:
         }
         for k, d in variants.items()
     }
-    curves = {name: (d, *roc_curve(d, same)[:2]) for name, d in (("plaintext", plain), ("encrypted 1:1", run.d11), ("encrypted 1:N", run.d1n))}
+    curves = {
+        name: (d, *roc_curve(d, same)[:2])
+        for name, d in (("plaintext", plain), ("encrypted 1:1", run.d11), ("encrypted 1:N", run.d1n))
+    }
     auc = {k: roc_auc(*roc_curve(d, same)[:2]) for k, d in variants.items()}
 
     plot_errors(out / "error.png", plain, run.d11, run.d1n)
@@ -238,7 +239,7 @@ def _evaluate(args, progress: bool, argv) -> int:
             "different": int((~same).sum()),
             "images": len(paths),
         },
-        "threshold": THRESHOLD,
+        "threshold": ACCESS_RULE.threshold,
         "accuracy_at_threshold": acc,
         "errors_at_threshold": {
             "false_rejects": int(np.sum(same & ~decisions["plaintext"])),
@@ -262,7 +263,7 @@ def _evaluate(args, progress: bool, argv) -> int:
         "roc_auc": auc,
         "decision_differences": diff,
         "distance_error": err,
-        "threshold_margin": float(np.min(np.abs(plain - THRESHOLD))),
+        "threshold_margin": float(np.min(np.abs(plain - ACCESS_RULE.threshold))),
         "gallery": {"templates": run.gallery_size, "blocks": run.blocks},
         "timing_ms_median": times,
         "timing_samples": {k: len(v) for k, v in run.times_ms.items()},
@@ -274,7 +275,8 @@ def _evaluate(args, progress: bool, argv) -> int:
             "fallback_list": fallback_list,
             "fallback_box_250px": [box250.top, box250.right, box250.bottom, box250.left],
             "pairs_with_fallback": sum(
-                image_path(args.images, p.first) in fallback_set or image_path(args.images, p.second) in fallback_set for p in pairs
+                image_path(args.images, p.first) in fallback_set or image_path(args.images, p.second) in fallback_set
+                for p in pairs
             ),
             "multi_face_images": sum(f.faces > 1 for f in used),
             "cached": cached,
@@ -294,7 +296,8 @@ def _evaluate(args, progress: bool, argv) -> int:
     (out / "report.md").write_text(render_report(summary))
     if progress:
         print(
-            f"accuracy at {THRESHOLD}: plaintext {percent(acc['plaintext'])}, encrypted 1:1 {percent(acc['encrypted_1to1'])}, "
+            f"accuracy at {ACCESS_RULE.threshold}: plaintext {percent(acc['plaintext'])}, encrypted 1:1 "
+            f"{percent(acc['encrypted_1to1'])}, "
             f"1:N {percent(acc['encrypted_1toN'])}; decisions differing 1:1 {diff['1to1']}, 1:N {diff['1toN']}; "
             f"max error {max(err['1to1']['max_abs'], err['1toN']['max_abs']):.1e}; "
             f"{len(fallback_list)} fallback image(s); report: {out / 'report.md'}",

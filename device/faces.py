@@ -6,6 +6,8 @@ package nor ``pkg_resources``. On top of that it decides whether a frame is good
 to the cloud: only the largest face counts (the person at the door), and faces that are too small
 or too blurry are skipped. A poor embedding risks a wrong match; skipping costs only the wait for
 the camera's next frame.
+
+`Analyzer` is the seam the agent is typed against; `FaceAnalyzer` is its dlib implementation.
 """
 
 from __future__ import annotations
@@ -13,16 +15,15 @@ from __future__ import annotations
 import importlib.util
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import cv2
 import dlib
 import numpy as np
 
 EMBEDDING_SIZE = 128
-# dlib's recommended distance: below it two embeddings are taken to be the same person.
-THRESHOLD = 0.6
 
 DetectorModel = Literal["hog", "cnn"]
 
@@ -42,14 +43,11 @@ def model_path(filename: str) -> Path:
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            "dlib model files not found: install face-recognition-models "
-            "(pip install face-recognition-models)"
+            "dlib model files not found: install face-recognition-models (pip install face-recognition-models)"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / "models" / filename
     if not path.is_file():
-        raise FileNotFoundError(
-            f"dlib model file {path} is missing: reinstall face-recognition-models"
-        )
+        raise FileNotFoundError(f"dlib model file {path} is missing: reinstall face-recognition-models")
     return path
 
 
@@ -65,7 +63,7 @@ def load_image(path: str | Path) -> np.ndarray:
     if image is None:
         raise ValueError(f"cannot decode image {path}: not an image format OpenCV can read")
     if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
+        image = (image // 256).astype(np.uint8)  # the high byte
     elif image.dtype != np.uint8:
         raise ValueError(f"unsupported pixel type {image.dtype} in {path}")
     if image.ndim == 2 or image.shape[2] == 1:
@@ -110,9 +108,7 @@ class FaceBox:
 
     def clipped(self, height: int, width: int) -> FaceBox:
         """The part of the box inside an image of this size (detectors may overshoot the edge)."""
-        return FaceBox(
-            max(self.top, 0), min(self.right, width), min(self.bottom, height), max(self.left, 0)
-        )
+        return FaceBox(max(self.top, 0), min(self.right, width), min(self.bottom, height), max(self.left, 0))
 
     def to_dlib(self) -> dlib.rectangle:
         return dlib.rectangle(self.left, self.top, self.right, self.bottom)
@@ -178,7 +174,12 @@ class FaceResult:
     timings: StageTimings
 
 
-RejectionKind = Literal["no_face", "too_small", "too_blurry"]
+class RejectionKind(StrEnum):
+    """Why a frame was skipped; the values are the log and wire strings."""
+
+    NO_FACE = "no_face"
+    TOO_SMALL = "too_small"
+    TOO_BLURRY = "too_blurry"
 
 
 @dataclass(frozen=True)
@@ -228,8 +229,14 @@ def _as_rgb(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgb)  # dlib rejects strided views such as rgb[:, ::-1]
 
 
+class Analyzer(Protocol):
+    """What the agent needs of face analysis: one frame in, an embedding or the reason there is none."""
+
+    def analyze(self, rgb: np.ndarray) -> FaceResult | Rejection: ...
+
+
 class FaceAnalyzer:
-    """The dlib models, loaded once (a few hundred ms), and the per-frame pipeline.
+    """The dlib `Analyzer`: the dlib models, loaded once (a few hundred ms), and the per-frame pipeline.
 
     Not safe to share between threads: give each worker its own analyzer.
     """
@@ -279,7 +286,7 @@ class FaceAnalyzer:
         t1 = time.perf_counter()
         detect_ms = (t1 - t0) * 1000
         if not boxes:
-            return Rejection("no_face", "no face", None, None, 0, StageTimings(detect_ms))
+            return Rejection(RejectionKind.NO_FACE, "no face", None, None, 0, StageTimings(detect_ms))
 
         box = boxes[0]
         sharpness = face_sharpness(rgb, box) if box.width >= cfg.min_face_px else None
@@ -288,13 +295,11 @@ class FaceAnalyzer:
         timings = StageTimings(detect_ms, quality_ms)
         if sharpness is None:
             reason = f"face too small ({box.width} px < {cfg.min_face_px} px)"
-            return Rejection("too_small", reason, box, None, len(boxes), timings)
+            return Rejection(RejectionKind.TOO_SMALL, reason, box, None, len(boxes), timings)
         if sharpness < cfg.min_sharpness:
             reason = f"too blurry (sharpness {sharpness:.1f} < {cfg.min_sharpness:g})"
-            return Rejection("too_blurry", reason, box, sharpness, len(boxes), timings)
+            return Rejection(RejectionKind.TOO_BLURRY, reason, box, sharpness, len(boxes), timings)
 
         embedding = self.embed(rgb, box)
         embed_ms = (time.perf_counter() - t2) * 1000
-        return FaceResult(
-            embedding, box, sharpness, len(boxes), StageTimings(detect_ms, quality_ms, embed_ms)
-        )
+        return FaceResult(embedding, box, sharpness, len(boxes), StageTimings(detect_ms, quality_ms, embed_ms))

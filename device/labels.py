@@ -14,11 +14,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from blindgate.shared.errors import BlindgateError
+from blindgate.shared.limits import MAX_LABEL_BYTES  # the decoded size the cloud accepts
 
 KEY_FILE = "label.key"
 KEY_BYTES = 32
 NONCE_BYTES = 12
-MAX_LABEL_BYTES = 1024  # decoded size the cloud accepts (shared/protocol.md)
 
 
 class LabelError(BlindgateError, ValueError):
@@ -40,6 +40,8 @@ def write_private(path: Path, data: bytes, exclusive: bool = True) -> None:
 
 
 class LabelCipher:
+    """Encrypts and decrypts one site's subject names with the device's label key."""
+
     def __init__(self, key: bytes, site: str) -> None:
         if len(key) != KEY_BYTES:
             raise LabelError(f"label key must be {KEY_BYTES} bytes, got {len(key)}")
@@ -57,7 +59,7 @@ class LabelCipher:
         return path
 
     @classmethod
-    def load(cls, state_dir: str | Path, site: str) -> "LabelCipher":
+    def load(cls, state_dir: str | Path, site: str) -> LabelCipher:
         path = Path(state_dir) / KEY_FILE
         try:
             key = path.read_bytes()

@@ -4,20 +4,45 @@ A `Lock` wraps one gpiozero `DigitalOutputDevice`: "active" means UNLOCKED (the 
 so a device that is off, reset, closed or crashed is locked. The lock is locked when created and
 again when closed (also on leaving a `with` block).
 
-Off the Pi, `pin_factory="mock"` uses gpiozero's MockFactory; tests read the physical level
-back with `lock.pin.state`.
+`DoorLock` is the seam the agent is typed against: `Lock` is its real implementation, and
+off the Pi `pin_factory="mock"` runs that same class on gpiozero's MockFactory (tests read the
+physical level back with `lock.pin.state`).
 """
 
 from __future__ import annotations
 
 import threading
 from types import TracebackType
+from typing import Protocol
 
-from gpiozero import DigitalOutputDevice
+from gpiozero import DigitalOutputDevice, Factory, Pin
+
+from blindgate.shared.config import ConfigError
+from blindgate.shared.errors import BlindgateError
 
 
-def make_pin_factory(name: str):
-    """The gpiozero pin factory a config names; None lets gpiozero choose (lgpio on a Pi 5...)."""
+class LockClosed(BlindgateError, RuntimeError):
+    """The lock was closed (its pin released): it stays locked and cannot be driven any more."""
+
+
+class DoorLock(Protocol):
+    """What the agent needs of a door lock; fail-secure: anything but a current `unlock()` is locked."""
+
+    @property
+    def is_locked(self) -> bool: ...
+
+    def lock(self) -> None: ...
+
+    def unlock(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def make_pin_factory(name: str) -> Factory | None:
+    """The gpiozero pin factory a config names; None lets gpiozero choose (lgpio on a Pi 5...).
+
+    Each backend is imported only when named: most need their C library, present only on a Pi.
+    """
     name = (name or "").strip().lower()
     if not name:
         return None
@@ -41,11 +66,11 @@ def make_pin_factory(name: str):
         from gpiozero.pins.native import NativeFactory
 
         return NativeFactory()
-    raise ValueError(f"unknown pin factory {name!r}: use mock, lgpio, rpigpio, pigpio, native or leave empty")
+    raise ConfigError(f"unknown pin factory {name!r}: use mock, lgpio, rpigpio, pigpio, native or leave empty")
 
 
 class Lock:
-    """A fail-secure door lock on one output pin: locked unless explicitly and currently unlocked."""
+    """The gpiozero `DoorLock`: one output pin, locked unless explicitly and currently unlocked."""
 
     def __init__(self, pin: str | int = "GPIO17", active_high: bool = True, pin_factory: str = "") -> None:
         self._guard = threading.Lock()
@@ -55,7 +80,7 @@ class Lock:
         self._closed = False
 
     @property
-    def pin(self):
+    def pin(self) -> Pin:
         """The gpiozero pin object (tests read `.state` on a mock pin: the physical level)."""
         return self._device.pin
 
@@ -67,7 +92,7 @@ class Lock:
     def unlock(self) -> None:
         with self._guard:
             if self._closed:
-                raise RuntimeError("lock is closed")
+                raise LockClosed("lock is closed")
             self._device.on()
 
     def lock(self) -> None:
@@ -86,7 +111,7 @@ class Lock:
                 self._closed = True
                 self._device.close()
 
-    def __enter__(self) -> "Lock":
+    def __enter__(self) -> Lock:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:

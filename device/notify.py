@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 
 
-def notify(state: str, env: dict | None = None) -> bool:
+def notify(state: str, env: Mapping[str, str] | None = None) -> bool:
     """Send `state` (e.g. "READY=1") to systemd; True if a notification socket took it."""
     address = (os.environ if env is None else env).get("NOTIFY_SOCKET", "")
     if not address:
@@ -28,7 +29,7 @@ def notify(state: str, env: dict | None = None) -> bool:
         return False
 
 
-def watchdog_interval(env: dict | None = None) -> float | None:
+def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:
     """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None when not watched."""
     env = os.environ if env is None else env
     usec = env.get("WATCHDOG_USEC", "")
@@ -39,9 +40,9 @@ def watchdog_interval(env: dict | None = None) -> float | None:
 
 
 class Notifier:
-    """The agent's link to systemd."""
+    """The agent's link to systemd: the four notifications it sends, and how often to ping."""
 
-    def __init__(self, env: dict | None = None) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
         self.env = env
         self.interval = watchdog_interval(env)
 

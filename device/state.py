@@ -8,10 +8,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from blindgate.shared.engine import SiteKeys
 from blindgate.shared.errors import BlindgateError
@@ -30,17 +33,22 @@ class StateError(BlindgateError, RuntimeError):
 
 @dataclass
 class CloudLink:
+    """What registration with a cloud returned: the device needs it to talk to and trust that cloud."""
+
     site: str
     key_id: str
     token: str
     cloud_public_key: str  # 64 hex chars (Ed25519)
     cloud_url: str = ""
 
-    def verify_key(self):
+    def verify_key(self) -> Ed25519PublicKey:
+        """The key that checks the cloud's signed replies."""
         return public_key_from_text(self.cloud_public_key)
 
 
 class DeviceState:
+    """The device's state directory: where each file lives, and reading/writing them owner-only."""
+
     def __init__(self, state_dir: str | Path) -> None:
         self.dir = Path(state_dir)
 
@@ -74,7 +82,7 @@ class DeviceState:
         return SiteKeys.from_bytes(data)
 
     def save_cloud(self, link: CloudLink) -> None:
-        data = json.dumps(link.__dict__, indent=2).encode()
+        data = json.dumps(dataclasses.asdict(link), indent=2).encode()
         write_private(self.cloud_path, data, exclusive=False)
 
     def load_cloud(self) -> CloudLink:

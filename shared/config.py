@@ -12,11 +12,15 @@ import dataclasses
 import os
 import tomllib
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from blindgate.shared.errors import BlindgateError
+
+if TYPE_CHECKING:  # typeshed-only name: "any dataclass"
+    from _typeshed import DataclassInstance
 
 ENV_PREFIX = "BLINDGATE"
 
@@ -75,7 +79,16 @@ class FaceSettings:
 
 @dataclass
 class DecisionConfig:
+    """When the door opens. `threshold` and `doubt_margin` are the access rule's only constants.
+
+    threshold: the largest Euclidean distance between dlib embeddings that counts as the same
+    person (0.6, as face_recognition uses). doubt_margin: distances up to `threshold +
+    doubt_margin` are neither a match nor a confident non-match; they keep the door locked
+    without counting as a failed attempt (the same person in poor light).
+    """
+
     threshold: float = 0.6  # Euclidean distance, as face_recognition uses
+    doubt_margin: float = 0.05  # just above the threshold: doubtful, not unknown
     frames_required: int = 2  # agreeing frames before the door opens
     window_s: float = 3.0  # the agreeing frames must fall within this window
     reply_timeout: float = 3.0
@@ -108,28 +121,29 @@ class DeviceConfig:
     lock: LockConfig = field(default_factory=LockConfig)
 
 
-C = TypeVar("C")
+C = TypeVar("C", bound="DataclassInstance")
 
 
-def _coerce(value: Any, kind: Any, key: str) -> Any:
+def _coerce(value: Any, kind: Any, key: str, from_env: bool = False) -> Any:
+    """`value` as `kind`. Only environment values are text to parse: in TOML, `port = "1883"` is an error."""
     if isinstance(kind, str):  # postponed annotations
         kind = {"str": str, "int": int, "float": float, "bool": bool}.get(kind, kind)
-    from_env = isinstance(value, str) and kind is not str
+    parse = from_env and isinstance(value, str)
     try:
         if kind is bool:
             if isinstance(value, bool):
                 return value
-            if from_env and value.strip().lower() in ("1", "true", "yes", "on"):
+            if parse and value.strip().lower() in ("1", "true", "yes", "on"):
                 return True
-            if from_env and value.strip().lower() in ("0", "false", "no", "off", ""):
+            if parse and value.strip().lower() in ("0", "false", "no", "off", ""):
                 return False
             raise ValueError(value)
         if kind is int:
-            if isinstance(value, bool) or isinstance(value, float):
+            if isinstance(value, (bool, float)) or (isinstance(value, str) and not parse):
                 raise ValueError(value)
             return int(value)
         if kind is float:
-            if isinstance(value, bool):
+            if isinstance(value, bool) or (isinstance(value, str) and not parse):
                 raise ValueError(value)
             return float(value)
         if kind is str:
@@ -154,13 +168,13 @@ def _build(cls: type[C], data: Mapping[str, Any], env: Mapping[str, str], path: 
         key = f"{path}.{f.name}" if path else f.name
         kind = hints[f.name]
         env_name = f"{ENV_PREFIX}_{key.replace('.', '_').upper()}"
-        if dataclasses.is_dataclass(kind):
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             section = data.get(f.name, {})
             if not isinstance(section, Mapping):
                 raise ConfigError(f"config {key}: expected a [{key}] table")
             values[f.name] = _build(kind, section, env, key)
         elif env_name in env:
-            values[f.name] = _coerce(env[env_name], kind, f"{key} (from ${env_name})")
+            values[f.name] = _coerce(env[env_name], kind, f"{key} (from ${env_name})", from_env=True)
         elif f.name in data:
             values[f.name] = _coerce(data[f.name], kind, key)
     return cls(**values)
@@ -216,7 +230,9 @@ def config_option() -> argparse.ArgumentParser:
     """
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument(
-        "--config", default=argparse.SUPPRESS, metavar="FILE", help="TOML config file (BLINDGATE_* environment variables override it)"
+        "--config",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="TOML config file (BLINDGATE_* environment variables override it)",
     )
     return parent
-

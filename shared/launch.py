@@ -125,7 +125,7 @@ class CloudService:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> "CloudService":
+    def start(self, timeout: float = 60.0) -> CloudService:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         environ = dict(os.environ)
         environ.update(
@@ -201,14 +201,24 @@ def write_device_config(
     rules = {"frames_required": 2, "open_seconds": 1.0, "cooldown_s": 1.0, "reply_timeout": 5.0, **(decision or {})}
     path.write_text(
         f"site = {json.dumps(site)}\ndevice_id = {json.dumps(device_id)}\ncloud_url = {json.dumps(cloud_url)}\n"
-        f"state_dir = {json.dumps(str(state_dir))}\nlog_format = \"text\"\nlog_level = {json.dumps(log_level)}\n"
+        f'state_dir = {json.dumps(str(state_dir))}\nlog_format = "text"\nlog_level = {json.dumps(log_level)}\n'
         f"[mqtt]\nhost = {json.dumps(broker.host)}\nport = {broker.port}\n"
         f"[camera]\nsource = {json.dumps(camera)}\nwidth = 640\nheight = 0\nfps = {float(fps)}\n"
         f"realtime = {'true' if realtime else 'false'}\n"
-        "[decision]\n" + "".join(f"{k} = {float(v) if isinstance(v, float) else v}\n" for k, v in rules.items())
+        "[decision]\n"
+        + "".join(f"{k} = {float(v) if isinstance(v, float) else v}\n" for k, v in rules.items())
         + '[lock]\npin_factory = "mock"\n'
     )
     return path
 
 
-__all__ = ["Broker", "CloudService", "LaunchError", "MosquittoMissing", "free_port", "mosquitto_binary", "start_broker", "write_device_config"]
+__all__ = [
+    "Broker",
+    "CloudService",
+    "LaunchError",
+    "MosquittoMissing",
+    "free_port",
+    "mosquitto_binary",
+    "start_broker",
+    "write_device_config",
+]

@@ -1,8 +1,11 @@
 """Shared fixtures: the real test data kept beside the repository (never inside it)."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.broker import Broker, start_broker
 
 SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
 FACES_DIR = SHARED_DIR / "faces"
@@ -25,10 +28,8 @@ def faces_dir() -> Path:
 
 
 @pytest.fixture
-def broker(tmp_path_factory):
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """A fresh real Mosquitto broker on a free loopback port, stopped after the test."""
-    from tests.broker import start_broker
-
     running = start_broker(tmp_path_factory.mktemp("mosquitto"))
     yield running
     running.stop()

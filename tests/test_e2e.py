@@ -60,8 +60,13 @@ def system(tmp_path_factory, faces_dir):
     try:
         cloud.start()
         config = write_device_config(
-            work / "door.toml", site=SITE, cloud_url=cloud.url, broker=broker, state_dir=work / "door",
-            camera="unused", decision={"reply_timeout": REPLY_TIMEOUT, "open_seconds": OPEN_S, "cooldown_s": COOLDOWN_S},
+            work / "door.toml",
+            site=SITE,
+            cloud_url=cloud.url,
+            broker=broker,
+            state_dir=work / "door",
+            camera="unused",
+            decision={"reply_timeout": REPLY_TIMEOUT, "open_seconds": OPEN_S, "cooldown_s": COOLDOWN_S},
         )
         assert device_main(["--config", str(config), "init"]) == 0
         lin = faces_dir / "people" / "lin_manuel_miranda" / "lin1.png"
@@ -283,7 +288,7 @@ def test_broker_restart_mid_run(system, lin_frames):
         system.broker.restart()  # persistence off: sessions, subscriptions and retained messages gone
 
         deadline = time.monotonic() + 30
-        while not (door.agent._connected.is_set() and system.cloud.healthy()):
+        while not (door.agent.link.is_connected and system.cloud.healthy()):
             assert time.monotonic() < deadline, "agent or cloud did not reconnect to the broker"
             time.sleep(0.1)
         deadline = time.monotonic() + 10
@@ -311,8 +316,11 @@ def test_demo_runs_whole_system():
     )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
-    assert re.search(r"frame +\d+ +RECOGNIZED astronaut +door UNLOCKED \(detect \d+ ms, embed \d+ ms, encrypt \d+ ms, "
-                     r"round trip \d+ ms, decrypt \d+ ms\)", out), out
+    assert re.search(
+        r"frame +\d+ +RECOGNIZED astronaut +door UNLOCKED \(detect \d+ ms, embed \d+ ms, encrypt \d+ ms, "
+        r"round trip \d+ ms, decrypt \d+ ms\)",
+        out,
+    ), out
     assert "lock -> UNLOCKED" in out and "UNKNOWN face" in out and "PASS" in out
     assert "distance" not in out.lower() and "score" not in out.lower()
     workdir = re.search(r"config (/\S+)/mosquitto/mosquitto\.conf", out).group(1)
@@ -324,7 +332,11 @@ def test_demo_ctrl_c_stops_everything():
     if mosquitto_binary() is None:
         pytest.skip("mosquitto not installed (the demo would try to install it)")
     proc = subprocess.Popen(
-        [sys.executable, "-u", "-m", "blindgate.device.demo", "--sample"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-u", "-m", "blindgate.device.demo", "--sample"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     lines, cloud_pid = [], None
     try:

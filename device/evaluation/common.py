@@ -1,7 +1,23 @@
-"""Targets and constants of the LFW evaluation, and its input error."""
+"""Targets and constants of the LFW evaluation, the door decision it measures, and its input error."""
+
 from __future__ import annotations
 
+import numpy as np
+
+from blindgate.device.decision import VerdictKind, access_verdict
+from blindgate.shared.config import DecisionConfig
 from blindgate.shared.errors import BlindgateError
+
+# The door's access rule as deployed by default: the evaluation measures exactly this decision.
+ACCESS_RULE = DecisionConfig()
+
+
+def door_accepts(distances: np.ndarray) -> np.ndarray:
+    """The door's decision for each distance: True where `access_verdict` says MATCH."""
+    flat = np.asarray(distances, dtype=np.float64).reshape(-1)
+    accepted = [access_verdict(float(d), ACCESS_RULE) is VerdictKind.MATCH for d in flat]
+    return np.array(accepted, dtype=bool).reshape(np.shape(distances))
+
 
 # -- targets ------------------------------------------------------------------------------------
 

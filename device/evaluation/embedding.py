@@ -8,9 +8,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import TextIO
 
 import numpy as np
 
@@ -34,9 +35,7 @@ class Progress:
     """`label 123/1549 (8.1/s, eta 2m05s)` on stderr: rewritten in place on a terminal,
     a line every `interval` seconds otherwise (log files)."""
 
-    def __init__(
-        self, label: str, total: int, stream: TextIO | None = None, enabled: bool = True
-    ) -> None:
+    def __init__(self, label: str, total: int, stream: TextIO | None = None, enabled: bool = True) -> None:
         self.label, self.total = label, total
         self.stream = stream or sys.stderr
         self.enabled = enabled and total > 0
@@ -62,9 +61,7 @@ class Progress:
             return
         self.last = now
         if self.tty:
-            self.stream.write(
-                "\r" + self.line().ljust(60) + ("\n" if done >= self.total else "")
-            )
+            self.stream.write("\r" + self.line().ljust(60) + ("\n" if done >= self.total else ""))
         else:
             self.stream.write(self.line() + "\n")
         self.stream.flush()
@@ -103,10 +100,7 @@ def select_face(boxes: list, height: int, width: int, select: str = "largest"):
     if select == "centre":
         return min(
             boxes,
-            key=lambda b: (
-                ((b.left + b.right) / 2 - width / 2) ** 2
-                + ((b.top + b.bottom) / 2 - height / 2) ** 2
-            ),
+            key=lambda b: ((b.left + b.right) / 2 - width / 2) ** 2 + ((b.top + b.bottom) / 2 - height / 2) ** 2,
         )
     return boxes[0]
 
@@ -116,11 +110,8 @@ def embed_image(analyzer, rgb: np.ndarray, select: str = "largest") -> ImageFace
     t0 = time.perf_counter()
     boxes = analyzer.detect(rgb)
     t1 = time.perf_counter()
-    box = (
-        select_face(boxes, *rgb.shape[:2], select)
-        if boxes
-        else fallback_box(*rgb.shape[:2])
-    )
+    height, width = rgb.shape[:2]
+    box = select_face(boxes, height, width, select) if boxes else fallback_box(height, width)
     embedding = analyzer.embed(rgb, box)
     t2 = time.perf_counter()
     return ImageFace(
@@ -156,17 +147,13 @@ class EmbeddingCache:
 
     def __init__(self, path: Path, settings: dict) -> None:
         self.path = path
-        self.digest = hashlib.sha256(
-            json.dumps(settings, sort_keys=True).encode()
-        ).hexdigest()[:16]
+        self.digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         self.entries: dict[str, ImageFace] = {}
         self.dirty = False
         if path.is_file():
             try:
                 self._load()
-            except (
-                Exception
-            ) as exc:  # a corrupt or foreign cache is only a lost speed-up
+            except Exception as exc:  # a corrupt or foreign cache is only a lost speed-up
                 print(
                     f"warning: ignoring unreadable embedding cache {path}: {exc}",
                     file=sys.stderr,
@@ -182,7 +169,7 @@ class EmbeddingCache:
             for i, key in enumerate(data["keys"]):
                 self.entries[str(key)] = ImageFace(
                     embedding=data["embeddings"][i].copy(),
-                    box=tuple(int(v) for v in data["boxes"][i]),
+                    box=(int(data["boxes"][i][0]), int(data["boxes"][i][1]), int(data["boxes"][i][2]), int(data["boxes"][i][3])),
                     fallback=bool(data["fallback"][i]),
                     faces=int(data["faces"][i]),
                     detect_ms=float(data["detect_ms"][i]),
@@ -205,12 +192,8 @@ class EmbeddingCache:
         np.savez(
             tmp,
             keys=np.array([k for k, _ in items], dtype=str),
-            embeddings=np.array(
-                [f.embedding for _, f in items], dtype=np.float64
-            ).reshape(len(items), -1),
-            boxes=np.array([f.box for _, f in items], dtype=np.int64).reshape(
-                len(items), 4
-            ),
+            embeddings=np.array([f.embedding for _, f in items], dtype=np.float64).reshape(len(items), -1),
+            boxes=np.array([f.box for _, f in items], dtype=np.int64).reshape(len(items), 4),
             fallback=np.array([f.fallback for _, f in items], dtype=bool),
             faces=np.array([f.faces for _, f in items], dtype=np.int64),
             detect_ms=np.array([f.detect_ms for _, f in items], dtype=np.float64),
@@ -235,7 +218,7 @@ def embed_images(
     todo = []
     for path in paths:
         key = cache.key(path) if cache else None
-        hit = cache.get(key) if cache else None
+        hit = cache.get(key) if cache and key else None
         if hit is not None:
             faces[path] = hit
         else:
@@ -251,7 +234,7 @@ def embed_images(
         for done, (path, key) in enumerate(todo, 1):
             face = embed_image(analyzer, load_image(path), select)
             faces[path] = face
-            if cache:
+            if cache and key:
                 cache.put(key, face)
                 if done % save_every == 0:
                     cache.save()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from blindgate.shared.engine import (
-    THRESHOLD,
     Block,
     EvaluationKeys,
     Gallery,
@@ -23,6 +22,7 @@ from blindgate.shared.engine import (
     verify,
 )
 
+from .common import door_accepts
 from .embedding import Progress
 
 # -- the encrypted run --------------------------------------------------------------------------
@@ -32,9 +32,7 @@ from .embedding import Progress
 class EncryptedRun:
     d11: np.ndarray  # per pair, 1:1 verify
     d1n: np.ndarray  # per pair, 1:N scan at the first image's slot
-    all_slots: (
-        dict  # every probe x every gallery template: error and decision differences
-    )
+    all_slots: dict  # every probe x every gallery template: error and decision differences
     times_ms: dict[str, list[float]]
     sizes: dict[str, int]
     gallery_size: int
@@ -62,9 +60,7 @@ def run_encrypted(
     """
     times: dict[str, list[float]] = {}
     keys = _timed(times, "keygen", generate_site_keys, first.shape[1])
-    cloud = _timed(
-        times, "load_evaluation_keys", EvaluationKeys.from_bytes, keys.evaluation_bytes
-    )
+    cloud = _timed(times, "load_evaluation_keys", EvaluationKeys.from_bytes, keys.evaluation_bytes)
     slots = keys.params.slots
 
     gallery = Gallery(cloud)
@@ -78,9 +74,7 @@ def run_encrypted(
             gallery_rows[start : start + slots],
         )
         block_bytes.append(len(blob))
-        gallery.blocks.append(
-            _timed(times, "load_block", Block.from_bytes, cloud, blob)
-        )
+        gallery.blocks.append(_timed(times, "load_block", Block.from_bytes, cloud, blob))
     occupancy = gallery.occupancy()
 
     n = len(first)
@@ -90,27 +84,21 @@ def run_encrypted(
     self_count, self_max = 0, 0.0
     bar = Progress("encrypted 1:1 + 1:N", n, enabled=progress)
     for i in range(n):
-        enrollment = _timed(
-            times, "encrypt_enrollment", encrypt_enrollment, keys, first[i]
-        )
+        enrollment = _timed(times, "encrypt_enrollment", encrypt_enrollment, keys, first[i])
         probe = _timed(times, "encrypt_probe", encrypt_probe, keys, second[i])
         reply = _timed(times, "verify", verify, cloud, probe, enrollment)
         d11[i] = _timed(times, "decode_verify", decode_verify, keys, reply)
 
-        probe_n = encrypt_probe(
-            keys, second[i]
-        )  # a fresh encryption, as a second request would be
+        probe_n = encrypt_probe(keys, second[i])  # a fresh encryption, as a second request would be
         replies = _timed(times, "scan", scan, gallery, probe_n)
-        match = _timed(
-            times, "decode_scan", decode_scan, keys, second[i], replies, occupancy
-        )
+        match = _timed(times, "decode_scan", decode_scan, keys, second[i], replies, occupancy)
         block, slot = divmod(int(slot_of_pair[i]), slots)
         d1n[i] = match.distances[block, slot]
 
         enc_all = match.distances.reshape(-1)[: len(gallery_rows)]
         plain_all = np.linalg.norm(gallery_rows - second[i], axis=1)
         err = np.abs(enc_all - plain_all)
-        flips += int(np.sum((enc_all <= THRESHOLD) != (plain_all <= THRESHOLD)))
+        flips += int(np.sum(door_accepts(enc_all) != door_accepts(plain_all)))
         # The probe's own image in the gallery (plaintext distance exactly 0): the engine decrypts
         # |x - y|^2 with an error near 1e-7 and the square root magnifies that to ~3e-4 at 0.
         own = plain_all == 0.0
@@ -141,6 +129,4 @@ def run_encrypted(
         "identical_image_comparisons": self_count,
         "identical_image_max_abs_error": self_max,
     }
-    return EncryptedRun(
-        d11, d1n, all_slots, times, sizes, len(gallery_rows), len(gallery.blocks)
-    )
+    return EncryptedRun(d11, d1n, all_slots, times, sizes, len(gallery_rows), len(gallery.blocks))

@@ -7,22 +7,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from blindgate.shared.engine import (
-    THRESHOLD,
-)
-
-from .common import TARGET_FAR
+from .common import ACCESS_RULE, TARGET_FAR
 
 # -- metrics (pure numpy) -------------------------------------------------------------------------
 
 
-def accuracy(distances, same, threshold: float = THRESHOLD) -> float:
+def accuracy(distances, same, threshold: float = ACCESS_RULE.threshold) -> float:
     """Share of pairs decided correctly: same person iff distance <= threshold."""
     d, same = np.asarray(distances, dtype=np.float64), np.asarray(same, dtype=bool)
     return float(np.mean((d <= threshold) == same))
 
 
-def best_threshold(distances, same, prefer: float = THRESHOLD) -> float:
+def best_threshold(distances, same, prefer: float = ACCESS_RULE.threshold) -> float:
     """The threshold with the highest accuracy on these pairs.
 
     Candidates are the midpoints between consecutive distinct distances (plus one below the
@@ -30,13 +26,9 @@ def best_threshold(distances, same, prefer: float = THRESHOLD) -> float:
     """
     d, same = np.asarray(distances, dtype=np.float64), np.asarray(same, dtype=bool)
     values = np.unique(d)
-    candidates = np.concatenate(
-        [[values[0] - 1e-3], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-3]]
-    )
+    candidates = np.concatenate([[values[0] - 1e-3], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-3]])
     pos, neg = np.sort(d[same]), np.sort(d[~same])
-    correct = np.searchsorted(pos, candidates, side="right") + (
-        len(neg) - np.searchsorted(neg, candidates, side="right")
-    )
+    correct = np.searchsorted(pos, candidates, side="right") + (len(neg) - np.searchsorted(neg, candidates, side="right"))
     best = np.flatnonzero(correct == correct.max())
     return float(candidates[best[np.argmin(np.abs(candidates[best] - prefer))]])
 
@@ -59,9 +51,7 @@ def kfold_accuracy(distances, same, folds) -> list[FoldResult]:
     for fold in np.unique(folds):
         test = folds == fold
         threshold = best_threshold(d[~test], same[~test])
-        results.append(
-            FoldResult(int(fold), threshold, accuracy(d[test], same[test], threshold))
-        )
+        results.append(FoldResult(int(fold), threshold, accuracy(d[test], same[test], threshold)))
     return results
 
 
@@ -79,9 +69,7 @@ def roc_curve(distances, same) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def roc_auc(far, tar) -> float:
-    return float(
-        np.sum(np.diff(far) * (np.asarray(tar)[1:] + np.asarray(tar)[:-1]) / 2)
-    )
+    return float(np.sum(np.diff(far) * (np.asarray(tar)[1:] + np.asarray(tar)[:-1]) / 2))
 
 
 def tar_at_false_accepts(distances, same, false_accepts: int) -> dict:
@@ -98,9 +86,7 @@ def tar_at_false_accepts(distances, same, false_accepts: int) -> dict:
         "false_accepts": accepted_neg,
         "far": accepted_neg / len(neg),
         "negatives": int(len(neg)),
-        "accept_below": limit
-        if math.isfinite(limit)
-        else None,  # accept iff distance < this (None: all)
+        "accept_below": limit if math.isfinite(limit) else None,  # accept iff distance < this (None: all)
     }
 
 

@@ -39,9 +39,7 @@ def parse_pairs(path: str | Path) -> PairsFile:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        raise InputError(
-            f"cannot read pairs file {path}: {exc.strerror or exc}"
-        ) from None
+        raise InputError(f"cannot read pairs file {path}: {exc.strerror or exc}") from None
     numbered = [(i + 1, line.split()) for i, line in enumerate(lines)]
     numbered = [(n, fields) for n, fields in numbered if fields]
     if not numbered:
@@ -66,8 +64,7 @@ def parse_pairs(path: str | Path) -> PairsFile:
     expected = folds * 2 * per_fold
     if len(body) != expected:
         raise InputError(
-            f"{path}: header says {folds} fold(s) x (2 x {per_fold}) = {expected} pairs, "
-            f"but the file has {len(body)} pair lines"
+            f"{path}: header says {folds} fold(s) x (2 x {per_fold}) = {expected} pairs, but the file has {len(body)} pair lines"
         )
     pairs = []
     for index, (line_no, fields) in enumerate(body):
@@ -87,9 +84,7 @@ def parse_pairs(path: str | Path) -> PairsFile:
                 f"{path}:{line_no}: expected `name n1 n2` or `name1 n1 name2 n2`, got {' '.join(fields)!r}"
             ) from None
         if pair.same != want_same:
-            kind = (
-                "same-person (3 fields)" if want_same else "different-person (4 fields)"
-            )
+            kind = "same-person (3 fields)" if want_same else "different-person (4 fields)"
             raise InputError(
                 f"{path}:{line_no}: fold {fold + 1} expects {per_fold} same-person lines then "
                 f"{per_fold} different-person lines; this line should be {kind}"
@@ -100,7 +95,8 @@ def parse_pairs(path: str | Path) -> PairsFile:
 
 def limit_pairs(pairs: PairsFile, limit: int) -> PairsFile:
     """The first `limit` same and first `limit` different pairs of each fold (quick runs)."""
-    kept, counts = [], {}
+    kept: list[Pair] = []
+    counts: dict[tuple[int, bool], int] = {}
     for pair in pairs.pairs:
         key = (pair.fold, pair.same)
         if counts.get(key, 0) < limit:

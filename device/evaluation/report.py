@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from blindgate.shared.engine import (
-    THRESHOLD,
-)
-
-from .common import MAX_ERROR_TARGET, REFERENCE_ACCURACY, TARGET_FAR
+from .common import ACCESS_RULE, MAX_ERROR_TARGET, REFERENCE_ACCURACY, TARGET_FAR, door_accepts
 from .metrics import roc_auc
 
 # -- plots --------------------------------------------------------------------------------------
@@ -22,9 +18,7 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise SystemExit(
-            "the evaluation plots need matplotlib: pip install matplotlib"
-        ) from None
+        raise SystemExit("the evaluation plots need matplotlib: pip install matplotlib") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -44,9 +38,7 @@ def plot_errors(path: Path, plain, d11, d1n) -> None:
         rel = (np.asarray(enc) - plain) / safe
         rel = rel[np.isfinite(rel)]
         ax.hist(rel, bins=50, color=color, alpha=0.8)
-        ax.set_title(
-            f"{label}: relative error (max |rel| {np.max(np.abs(rel), initial=0):.1e})"
-        )
+        ax.set_title(f"{label}: relative error (max |rel| {np.max(np.abs(rel), initial=0):.1e})")
         ax.set_xlabel("(encrypted - plaintext) / plaintext distance")
         ax.set_ylabel("pairs")
         ax.grid(True, alpha=0.3)
@@ -65,17 +57,13 @@ def plot_errors(path: Path, plain, d11, d1n) -> None:
         linestyle="--",
         label=f"target {MAX_ERROR_TARGET:g}",
     )
-    right.axvline(
-        THRESHOLD, color="grey", linestyle=":", label=f"threshold {THRESHOLD}"
-    )
+    right.axvline(ACCESS_RULE.threshold, color="grey", linestyle=":", label=f"threshold {ACCESS_RULE.threshold}")
     right.set_yscale("log")
     right.set_title("Absolute error vs plaintext distance")
     right.set_xlabel("plaintext Euclidean distance")
     right.set_ylabel("|encrypted - plaintext|")
     right.legend(loc="lower right", fontsize="small")
-    fig.suptitle(
-        f"Encrypted vs plaintext distances on {len(plain)} LFW pairs (cf. seed paper Fig. 4)"
-    )
+    fig.suptitle(f"Encrypted vs plaintext distances on {len(plain)} LFW pairs (cf. seed paper Fig. 4)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -113,11 +101,9 @@ def plot_roc(path: Path, curves: dict[str, tuple], same) -> None:
             linewidth=width,
             label=label,
         )
-        op_far = np.mean(np.asarray(distances)[~np.asarray(same, bool)] <= THRESHOLD)
-        op_tar = np.mean(np.asarray(distances)[np.asarray(same, bool)] <= THRESHOLD)
-        right.plot(
-            [op_far], [op_tar], marker="o", color=color, markersize=7, fillstyle="none"
-        )
+        op_far = np.mean(door_accepts(np.asarray(distances)[~np.asarray(same, bool)]))
+        op_tar = np.mean(door_accepts(np.asarray(distances)[np.asarray(same, bool)]))
+        right.plot([op_far], [op_tar], marker="o", color=color, markersize=7, fillstyle="none")
     left.set_xscale("log")
     # Both panels start at the TAR reached before the first false accept.
     lowest = min(float(tar[far == 0].max()) for _, far, tar in curves.values())
@@ -126,15 +112,13 @@ def plot_roc(path: Path, curves: dict[str, tuple], same) -> None:
     left.set_xlim(1 / negatives / 1.5, 1)
     left.set_title(f"ROC, log FAR (smallest non-zero FAR = 1/{negatives})")
     right.set_xlim(-0.002, 0.1)
-    right.set_title(f"ROC zoom (circles: threshold {THRESHOLD})")
+    right.set_title(f"ROC zoom (circles: threshold {ACCESS_RULE.threshold})")
     for ax in (left, right):
         ax.set_xlabel("false accept rate (different-person pairs accepted)")
         ax.set_ylabel("true accept rate (same-person pairs accepted)")
         ax.grid(True, alpha=0.3)
         ax.legend(loc="lower right")
-    fig.suptitle(
-        "ROC of plaintext and encrypted matching (cf. seed paper Fig. 5); the curves coincide"
-    )
+    fig.suptitle("ROC of plaintext and encrypted matching (cf. seed paper Fig. 5); the curves coincide")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -159,7 +143,7 @@ def plot_distances(path: Path, plain, same) -> None:
         color="tab:red",
         label=f"different people ({(~same).sum()})",
     )
-    ax.axvline(THRESHOLD, color="black", linestyle="--", label=f"threshold {THRESHOLD}")
+    ax.axvline(ACCESS_RULE.threshold, color="black", linestyle="--", label=f"threshold {ACCESS_RULE.threshold}")
     ax.set_xlabel("plaintext Euclidean distance between dlib embeddings")
     ax.set_ylabel("pairs")
     ax.set_title("Distance distributions of the LFW pairs")
@@ -187,13 +171,7 @@ def _size(n: int) -> str:
 def _ms(value: float | None) -> str:
     if value is None:
         return "—"
-    return (
-        f"{value:.0f} ms"
-        if value >= 100
-        else f"{value:.2f} ms"
-        if value < 10
-        else f"{value:.1f} ms"
-    )
+    return f"{value:.0f} ms" if value >= 100 else f"{value:.2f} ms" if value < 10 else f"{value:.1f} ms"
 
 
 def _tar_text(entry: dict) -> str:
@@ -216,14 +194,11 @@ def render_report(s: dict) -> str:
         "# blindgate: encrypted face matching on LFW",
         "",
         f"Pairs: `{ds['pairs_file']}` — {ds['protocol']} ({ds['pairs']} pairs, {ds['images']} distinct images"
-        + (
-            f", limited to the first {ds['limit']} of each kind per fold"
-            if ds.get("limit")
-            else ""
-        )
+        + (f", limited to the first {ds['limit']} of each kind per fold" if ds.get("limit") else "")
         + f"). Images: `{ds['images_dir']}`.",
         f"Embeddings: dlib {face['settings']['model'].upper()} detector, upsample {face['settings']['upsample']}, "
-        f"{face['settings']['num_jitters']} jitter, 5-point landmarks + ResNet (as face_recognition), {face['settings']['selection']} face, no quality gate. "
+        f"{face['settings']['num_jitters']} jitter, 5-point landmarks + ResNet (as face_recognition), "
+        f"{face['settings']['selection']} face, no quality gate. "
         f"Encryption: CKKS N=8192, one fresh site key; gallery of {s['gallery']['templates']} distinct first images "
         f"in {s['gallery']['blocks']} block(s), bulk-imported with `encrypt_block`.",
         "",
@@ -231,10 +206,14 @@ def render_report(s: dict) -> str:
         "",
         "| check | result | |",
         "|---|---|---|",
-        f"| encrypted decisions = plaintext decisions, 1:1 | {diff['1to1']} of {ds['pairs']} pairs differ | {ok(checks['decisions_identical_1to1'])} |",
-        f"| encrypted decisions = plaintext decisions, 1:N | {diff['1toN']} of {ds['pairs']} pairs differ | {ok(checks['decisions_identical_1toN'])} |",
-        f"| max \\|encrypted − plaintext\\| distance ≤ {MAX_ERROR_TARGET:g} | 1:1 {err['1to1']['max_abs']:.2e}, 1:N {err['1toN']['max_abs']:.2e} | {ok(checks['max_error_within_target'])} |",
-        f"| encrypted accuracy = plaintext accuracy | {percent(acc['plaintext'])} / {percent(acc['encrypted_1to1'])} / {percent(acc['encrypted_1toN'])} | {ok(checks['accuracy_identical'])} |",
+        f"| encrypted decisions = plaintext decisions, 1:1 | {diff['1to1']} of {ds['pairs']} pairs differ | "
+        f"{ok(checks['decisions_identical_1to1'])} |",
+        f"| encrypted decisions = plaintext decisions, 1:N | {diff['1toN']} of {ds['pairs']} pairs differ | "
+        f"{ok(checks['decisions_identical_1toN'])} |",
+        f"| max \\|encrypted − plaintext\\| distance ≤ {MAX_ERROR_TARGET:g} | 1:1 {err['1to1']['max_abs']:.2e}, 1:N "
+        f"{err['1toN']['max_abs']:.2e} | {ok(checks['max_error_within_target'])} |",
+        f"| encrypted accuracy = plaintext accuracy | {percent(acc['plaintext'])} / {percent(acc['encrypted_1to1'])} / "
+        f"{percent(acc['encrypted_1toN'])} | {ok(checks['accuracy_identical'])} |",
         "",
         f"Closest plaintext distance to the threshold: {s['threshold_margin']:.2e} away, "
         f"{s['threshold_margin'] / max(err['1to1']['max_abs'], err['1toN']['max_abs'], 1e-300):.0f}× the largest error. "
@@ -243,8 +222,10 @@ def render_report(s: dict) -> str:
         f"{err['1toN_all_slots']['max_abs_error']:.2e}; {diff['1toN_all_slots']} decision(s) differing from numpy over all "
         f"{err['1toN_all_slots']['comparisons'] + err['1toN_all_slots']['identical_image_comparisons']:,} comparisons."
         + (
-            f" Separately, {err['1toN_all_slots']['identical_image_comparisons']} comparison(s) of a probe with its own image in the gallery "
-            f"(plaintext distance 0) decrypt to a distance of at most {err['1toN_all_slots']['identical_image_max_abs_error']:.1e}: "
+            f" Separately, {err['1toN_all_slots']['identical_image_comparisons']} comparison(s) of a probe with its own image "
+            "in the gallery "
+            "(plaintext distance 0) decrypt to a distance of at most "
+            f"{err['1toN_all_slots']['identical_image_max_abs_error']:.1e}: "
             "near 0 the square root magnifies the ~1e-7 error of the decrypted squared distance (negative values clamp to 0); "
             "this is far from the threshold and changes no decision, so these are kept out of the error figures."
             if err["1toN_all_slots"]["identical_image_comparisons"]
@@ -255,7 +236,8 @@ def render_report(s: dict) -> str:
         "",
         "| | plaintext (numpy) | encrypted 1:1 | encrypted 1:N |",
         "|---|---:|---:|---:|",
-        f"| accuracy at threshold {s['threshold']} | {percent(acc['plaintext'])} | {percent(acc['encrypted_1to1'])} | {percent(acc['encrypted_1toN'])} |",
+        f"| accuracy at threshold {s['threshold']} | {percent(acc['plaintext'])} | {percent(acc['encrypted_1to1'])} | "
+        f"{percent(acc['encrypted_1toN'])} |",
     ]
     kf = s.get("kfold")
     if kf:
@@ -263,44 +245,27 @@ def render_report(s: dict) -> str:
             f"{percent(kf[k]['mean'])} ± {100 * kf[k]['std']:.2f} (SE {100 * kf[k]['stderr']:.2f})"
             for k in ("plaintext", "encrypted_1to1", "encrypted_1toN")
         )
-        lines.append(
-            f"| {ds['folds']}-fold, threshold from the other folds (mean ± std) | {row} |"
-        )
+        lines.append(f"| {ds['folds']}-fold, threshold from the other folds (mean ± std) | {row} |")
     bt = s["best_threshold_same_pairs"]
     lines.append(
         "| threshold tuned on these same pairs (optimistic) | "
         + " | ".join(
-            f"{percent(bt[k]['accuracy'])} at {bt[k]['threshold']:.4f}"
-            for k in ("plaintext", "encrypted_1to1", "encrypted_1toN")
+            f"{percent(bt[k]['accuracy'])} at {bt[k]['threshold']:.4f}" for k in ("plaintext", "encrypted_1to1", "encrypted_1toN")
         )
         + " |"
     )
     tf = s["tar_at_far"]
     lines += [
         f"| TAR at FAR ≤ {TARGET_FAR:g} | "
-        + " | ".join(
-            _tar_text(tf[k]["target"])
-            for k in ("plaintext", "encrypted_1to1", "encrypted_1toN")
-        )
+        + " | ".join(_tar_text(tf[k]["target"]) for k in ("plaintext", "encrypted_1to1", "encrypted_1toN"))
         + " |",
         "| TAR with 0 false accepts (FAR < 1/negatives) | "
-        + " | ".join(
-            _tar_text(tf[k]["zero_false_accepts"])
-            for k in ("plaintext", "encrypted_1to1", "encrypted_1toN")
-        )
+        + " | ".join(_tar_text(tf[k]["zero_false_accepts"]) for k in ("plaintext", "encrypted_1to1", "encrypted_1toN"))
         + " |",
         "| TAR at FAR = 1/negatives (1 false accept) | "
-        + " | ".join(
-            _tar_text(tf[k]["one_false_accept"])
-            for k in ("plaintext", "encrypted_1to1", "encrypted_1toN")
-        )
+        + " | ".join(_tar_text(tf[k]["one_false_accept"]) for k in ("plaintext", "encrypted_1to1", "encrypted_1toN"))
         + " |",
-        "| ROC AUC | "
-        + " | ".join(
-            f"{s['roc_auc'][k]:.5f}"
-            for k in ("plaintext", "encrypted_1to1", "encrypted_1toN")
-        )
-        + " |",
+        "| ROC AUC | " + " | ".join(f"{s['roc_auc'][k]:.5f}" for k in ("plaintext", "encrypted_1to1", "encrypted_1toN")) + " |",
         "",
     ]
     if not tf["plaintext"]["target"]["estimable"]:
@@ -312,10 +277,7 @@ def render_report(s: dict) -> str:
         lines += [
             "Per fold (plaintext): "
             + ", ".join(
-                f"{percent(a)} @ {th:.3f}"
-                for a, th in zip(
-                    kf["plaintext"]["accuracies"], kf["plaintext"]["thresholds"]
-                )
+                f"{percent(a)} @ {th:.3f}" for a, th in zip(kf["plaintext"]["accuracies"], kf["plaintext"]["thresholds"])
             ),
             "",
         ]
@@ -340,7 +302,8 @@ def render_report(s: dict) -> str:
     wrong = s["misclassified_pairs"]
     for w in wrong[:50]:
         lines.append(
-            f"| {w['first']} – {w['second']} | {'same' if w['same'] else 'different'} | {w['distance']:.4f} | {w['faces'][0]}, {w['faces'][1]} |"
+            f"| {w['first']} – {w['second']} | {'same' if w['same'] else 'different'} | {w['distance']:.4f} | {w['faces'][0]}, "
+            f"{w['faces'][1]} |"
         )
     if len(wrong) > 50:
         lines.append(f"| … {len(wrong) - 50} more in summary.json | | | |")
@@ -355,12 +318,11 @@ def render_report(s: dict) -> str:
     ]
     for key, label in (("1to1", "1:1 verify"), ("1toN", "1:N scan, pair's slot")):
         e = err[key]
-        lines.append(
-            f"| {label} | {e['max_abs']:.2e} | {e['mean_abs']:.2e} | {e['max_rel']:.2e} | {e['mean_rel']:.2e} |"
-        )
+        lines.append(f"| {label} | {e['max_abs']:.2e} | {e['mean_abs']:.2e} | {e['max_rel']:.2e} | {e['mean_rel']:.2e} |")
     a = err["1toN_all_slots"]
     lines += [
-        f"| 1:N scan, all {a['comparisons']:,} distances between a probe and another image's template | {a['max_abs_error']:.2e} | {a['mean_abs_error']:.2e} | | |",
+        f"| 1:N scan, all {a['comparisons']:,} distances between a probe and another image's template | "
+        f"{a['max_abs_error']:.2e} | {a['mean_abs_error']:.2e} | | |",
         "",
         "## ROC (cf. seed paper Fig. 5)",
         "",
@@ -399,7 +361,8 @@ def render_report(s: dict) -> str:
         f"| probe (device → cloud) | {sz['probe']:,} | {_size(sz['probe'])} |",
         f"| enrollment (device → cloud) | {sz['enrollment']:,} | {_size(sz['enrollment'])} |",
         f"| 1:1 reply (cloud → device) | {sz['reply_1to1']:,} | {_size(sz['reply_1to1'])} |",
-        f"| 1:N reply per block of 4096 (cloud → device) | {sz['reply_1toN_per_block']:,} | {_size(sz['reply_1toN_per_block'])} |",
+        f"| 1:N reply per block of 4096 (cloud → device) | {sz['reply_1toN_per_block']:,} | "
+        f"{_size(sz['reply_1toN_per_block'])} |",
         f"| evaluation keys (device → cloud, once) | {sz['evaluation_keys']:,} | {_size(sz['evaluation_keys'])} |",
         f"| stored gallery block (bulk import) | {sz['gallery_block']:,} | {_size(sz['gallery_block'])} |",
         f"| device key file (never leaves the device) | {sz['device_key_file']:,} | {_size(sz['device_key_file'])} |",
@@ -414,9 +377,7 @@ def render_report(s: dict) -> str:
         "the protocol scores every pair, so none is dropped.",
     ]
     if face["fallback_list"]:
-        lines.append(
-            "  Fallback images: " + ", ".join(f"`{p}`" for p in face["fallback_list"])
-        )
+        lines.append("  Fallback images: " + ", ".join(f"`{p}`" for p in face["fallback_list"]))
     lines += [
         f"- {face['pairs_with_fallback']} pair(s) involve a fallback image.",
         "",

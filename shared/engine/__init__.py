@@ -3,19 +3,19 @@
 Pure computation on TenSEAL's SEAL bindings; no I/O beyond bytes in and out.
 
 Device side: `generate_site_keys`, `encrypt_probe`, `encrypt_enrollment`, `encrypt_block`,
-`decode_scan`, `decode_verify`, `is_match`.
+`decode_scan`, `decode_verify` (distances only; the access rule lives in
+`blindgate.device.decision`).
 Cloud side: `EvaluationKeys`, `Gallery`, `scan`, `verify`.
 """
 
 from .context import EngineError, Params
-from .decode import THRESHOLD, Match, decode_scan, decode_verify, is_match
+from .decode import Match, decode_scan, decode_verify
 from .encrypt import encrypt_block, encrypt_enrollment, encrypt_probe
 from .gallery import Block, Gallery, SlotRef
 from .keys import EvaluationKeys, SiteKeys, generate_site_keys
 from .scan import scan, scan_blocks, verify
 
 __all__ = [
-    "THRESHOLD",
     "Block",
     "EngineError",
     "EvaluationKeys",
@@ -30,7 +30,6 @@ __all__ = [
     "encrypt_enrollment",
     "encrypt_probe",
     "generate_site_keys",
-    "is_match",
     "scan",
     "scan_blocks",
     "verify",

@@ -13,8 +13,9 @@ import functools
 import os
 import struct
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import tenseal.sealapi as seal
 
@@ -81,7 +82,7 @@ class Params:
     def galois_elements(self) -> list[int]:
         return [pow(3, step, 2 * self.poly_degree) for step in self.rotation_steps]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "dim": self.dim,
             "poly_degree": self.poly_degree,
@@ -90,7 +91,7 @@ class Params:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Params":
+    def from_dict(cls, data: dict[str, Any]) -> Params:
         try:
             return cls(
                 dim=int(data["dim"]),
@@ -142,12 +143,12 @@ class Context:
                 return level
         raise EngineError("ciphertext is not at any level of this parameter set")
 
-    def encode(self, values, level: int, scale: float) -> seal.Plaintext:
+    def encode(self, values: list[float], level: int, scale: float) -> seal.Plaintext:
         plain = seal.Plaintext()
         self.encoder.encode(values, self.parms_id(level), scale, plain)
         return plain
 
-    def decode(self, plain: seal.Plaintext):
+    def decode(self, plain: seal.Plaintext) -> list[float]:
         return self.encoder.decode_double(plain)
 
     @property
@@ -169,7 +170,15 @@ def context_for(params: Params) -> Context:
 _TMP_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
-def to_bytes(obj) -> bytes:
+class SealObject(Protocol):
+    """What TenSEAL's SEAL bindings offer for (de)serialization: file paths only."""
+
+    def save(self, path: str) -> None: ...
+
+    def load(self, context: Any, path: str) -> None: ...
+
+
+def to_bytes(obj: Any) -> bytes:
     """Serialize a SEAL object (or a seeded `Serializable`) to bytes."""
     fd, path = tempfile.mkstemp(prefix="blindgate-", dir=_TMP_DIR)
     os.close(fd)
@@ -181,7 +190,7 @@ def to_bytes(obj) -> bytes:
         os.unlink(path)
 
 
-T = TypeVar("T")
+T = TypeVar("T", bound=SealObject)
 
 
 def _check_seal_header(data: bytes, what: str, max_bytes: int) -> None:

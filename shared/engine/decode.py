@@ -1,4 +1,7 @@
-"""Device side: decrypt the cloud's results and decide. Nothing decrypted here may leave the device.
+"""Device side: decrypt the cloud's results into distances. Nothing decrypted here may leave the device.
+
+Deciding what a distance means is not the engine's job: `blindgate.device.decision.access_verdict`
+holds the access rule.
 
 Decrypted CKKS values handed back to whoever holds the ciphertexts let them recover the secret
 key (Li–Micciancio 2020), so distances stay in this process: callers publish decisions only.
@@ -6,8 +9,8 @@ key (Li–Micciancio 2020), so distances stay in this process: callers publish d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import tenseal.sealapi as seal
@@ -17,8 +20,6 @@ from .encrypt import check_embedding
 from .gallery import SlotRef
 from .keys import SiteKeys
 
-THRESHOLD = 0.6  # Euclidean distance, as face_recognition uses for dlib embeddings
-
 
 @dataclass(frozen=True)
 class Match:
@@ -27,14 +28,6 @@ class Match:
     best: SlotRef | None
     distance: float
     distances: np.ndarray  # (blocks, slots) Euclidean distances; NaN where no template is enrolled
-
-    def accepted(self, threshold: float = THRESHOLD) -> bool:
-        return is_match(self.distance, threshold)
-
-
-def is_match(distance: float, threshold: float = THRESHOLD) -> bool:
-    """The access decision: a finite distance at or under the threshold."""
-    return bool(np.isfinite(distance) and distance <= threshold)
 
 
 def _decrypt(keys: SiteKeys, reply: bytes, what: str) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import tenseal.sealapi as seal
+from numpy.typing import ArrayLike
 
 from .context import LEVEL_ENROLL, LEVEL_PROBE, LEVEL_REPLY, EngineError, Params, to_bytes
 from .gallery import Block, layout_values
@@ -20,7 +21,7 @@ from .keys import SiteKeys
 MAX_ABS_VALUE = 4.0
 
 
-def check_embedding(embedding, params: Params) -> np.ndarray:
+def check_embedding(embedding: ArrayLike, params: Params) -> np.ndarray:
     """Validate an embedding's shape and values; returns it as float64."""
     try:
         vec = np.asarray(embedding, dtype=np.float64)
@@ -35,7 +36,7 @@ def check_embedding(embedding, params: Params) -> np.ndarray:
     return vec
 
 
-def _encrypt_repeated(keys: SiteKeys, embedding, level: int) -> bytes:
+def _encrypt_repeated(keys: SiteKeys, embedding: ArrayLike, level: int) -> bytes:
     params = keys.params
     vec = check_embedding(embedding, params)
     ctx = keys.context
@@ -44,17 +45,17 @@ def _encrypt_repeated(keys: SiteKeys, embedding, level: int) -> bytes:
     return to_bytes(encryptor.encrypt_symmetric(plain))
 
 
-def encrypt_probe(keys: SiteKeys, embedding) -> bytes:
+def encrypt_probe(keys: SiteKeys, embedding: ArrayLike) -> bytes:
     """Encrypt a face to be identified: one seeded ciphertext at the level the scan needs."""
     return _encrypt_repeated(keys, embedding, LEVEL_PROBE)
 
 
-def encrypt_enrollment(keys: SiteKeys, embedding) -> bytes:
+def encrypt_enrollment(keys: SiteKeys, embedding: ArrayLike) -> bytes:
     """Encrypt a face to be enrolled: one level higher than a probe, as the cloud masks it into a slot."""
     return _encrypt_repeated(keys, embedding, LEVEL_ENROLL)
 
 
-def encrypt_block(keys: SiteKeys, embeddings) -> bytes:
+def encrypt_block(keys: SiteKeys, embeddings: ArrayLike) -> bytes:
     """Bulk import: encrypt up to 4096 templates straight into one serialized gallery block.
 
     ~0.2 s per block instead of ~0.1 s per template through enrollment, for migrating an
@@ -69,7 +70,7 @@ def encrypt_block(keys: SiteKeys, embeddings) -> bytes:
     diagonals, norms = layout_values(params, templates)
     encryptor = seal.Encryptor(ctx.seal, keys.secret)
 
-    def encrypt(values, level: int, scale: float) -> seal.Ciphertext:
+    def encrypt(values: np.ndarray, level: int, scale: float) -> seal.Ciphertext:
         ct = seal.Ciphertext()
         encryptor.encrypt_symmetric(ctx.encode(values.tolist(), level, scale), ct)
         return ct

@@ -24,12 +24,13 @@ The gallery holds only ciphertexts and the occupancy of its slots.
 from __future__ import annotations
 
 import hashlib
-import json
-import struct
 from dataclasses import dataclass
 
 import numpy as np
 import tenseal.sealapi as seal
+
+from blindgate.shared.framing import Layout, frame, unframe
+from blindgate.shared.limits import max_block_bytes
 
 from .context import (
     LEVEL_ENROLL,
@@ -42,7 +43,9 @@ from .context import (
 )
 from .keys import EvaluationKeys
 
-_BLOCK_MAGIC = b"BGB1"
+# `BGB1 | u32 header length | JSON header | (u32 length, SEAL ciphertext)*`, no kind byte; the
+# header's "ciphertexts" is their count. The limit depends on the dimension (see `from_bytes`).
+_BLOCK_LAYOUT = Layout(magic=b"BGB1", name="blindgate gallery block", limit=0, kinded=False, sizes="ciphertexts", prefixed=True)
 
 
 @dataclass(frozen=True, order=True)
@@ -179,53 +182,30 @@ class Block:
     # -- serialization ----------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        """Serialize: a JSON header (key id, occupancy) then every ciphertext, length-prefixed."""
+        """Serialize: a JSON header (key id, occupancy, count) then every ciphertext, length-prefixed."""
         blobs = []
-        if self.diagonals is not None:
+        if self.diagonals is not None and self.norms is not None:
             blobs = [to_bytes(ct) for row in self.diagonals for ct in row] + [to_bytes(self.norms)]
-        header = json.dumps(
-            {
-                "key_id": self.keys.key_id,
-                "occupied": np.packbits(self.occupied).tobytes().hex(),
-                "ciphertexts": len(blobs),
-            }
-        ).encode()
-        parts = [_BLOCK_MAGIC, struct.pack("<I", len(header)), header]
-        for blob in blobs:
-            parts += [struct.pack("<I", len(blob)), blob]
-        return b"".join(parts)
+        header = {"key_id": self.keys.key_id, "occupied": np.packbits(self.occupied).tobytes().hex()}
+        return frame(_BLOCK_LAYOUT, header, blobs)
 
     @classmethod
-    def from_bytes(cls, keys: EvaluationKeys, data: bytes) -> "Block":
+    def from_bytes(cls, keys: EvaluationKeys, data: bytes) -> Block:
         what = "gallery block"
         params, ctx = keys.params, keys.context
-        if len(data) < 8 or data[:4] != _BLOCK_MAGIC:
-            raise EngineError(f"{what}: not a blindgate gallery block (bad magic)")
-        (head_len,) = struct.unpack_from("<I", data, 4)
+        parsed = unframe(_BLOCK_LAYOUT, data, what, limit=max_block_bytes(params.dim), error=EngineError)
+        header, blobs = parsed.header, parsed.blobs
         try:
-            header = json.loads(data[8 : 8 + head_len])
             occupied = np.unpackbits(np.frombuffer(bytes.fromhex(header["occupied"]), dtype=np.uint8))
-            count = int(header["ciphertexts"])
         except (ValueError, KeyError, TypeError) as exc:
             raise EngineError(f"{what}: malformed header ({exc})") from None
         if header.get("key_id") != keys.key_id:
             raise EngineError(f"{what}: made for keys {header.get('key_id')}, not {keys.key_id}")
         if occupied.size != params.slots:
             raise EngineError(f"{what}: occupancy covers {occupied.size} slots, expected {params.slots}")
-        expected = params.dim + 1 if occupied.any() else 0
+        count, expected = len(blobs), params.dim + 1 if occupied.any() else 0
         if count != expected:
             raise EngineError(f"{what}: holds {count} ciphertexts, expected {expected}")
-        blobs, offset = [], 8 + head_len
-        for _ in range(count):
-            if offset + 4 > len(data):
-                raise EngineError(f"{what}: truncated")
-            (size,) = struct.unpack_from("<I", data, offset)
-            if offset + 4 + size > len(data):
-                raise EngineError(f"{what}: truncated")
-            blobs.append(data[offset + 4 : offset + 4 + size])
-            offset += 4 + size
-        if offset != len(data):
-            raise EngineError(f"{what}: {len(data) - offset} unexpected trailing bytes")
         block = cls(keys)
         block.occupied = occupied.astype(bool)
         if count:

@@ -9,51 +9,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from dataclasses import dataclass, field
 
 import tenseal.sealapi as seal
 
+from blindgate.shared.framing import Layout, frame, unframe
+from blindgate.shared.limits import MAX_BUNDLE_BYTES
+
 from .context import Context, EngineError, Params, context_for, from_bytes, to_bytes
 
-_MAGIC = b"BGK1"
 _KIND_SECRET = b"S"
 _KIND_EVALUATION = b"E"
-# An evaluation bundle is ~0.7 MB per key: cap what is parsed well above any honest bundle.
-MAX_BUNDLE_BYTES = 32 * 1024 * 1024
+# `BGK1 | kind | u32 header length | JSON header | sections`, the header naming each section.
+_LAYOUT = Layout(magic=b"BGK1", name="blindgate key file", limit=MAX_BUNDLE_BYTES, sizes="sections")
 
 
 def _pack(kind: bytes, header: dict, sections: dict[str, bytes]) -> bytes:
-    header = dict(header, sections=[[name, len(blob)] for name, blob in sections.items()])
-    head = json.dumps(header, sort_keys=True).encode()
-    return _MAGIC + kind + struct.pack("<I", len(head)) + head + b"".join(sections.values())
+    return frame(_LAYOUT, header, sections, kind=kind)
 
 
 def _unpack(data: bytes, what: str) -> tuple[bytes, dict, dict[str, bytes]]:
-    if not isinstance(data, (bytes, bytearray)):
-        raise EngineError(f"{what}: expected bytes, got {type(data).__name__}")
-    if len(data) > MAX_BUNDLE_BYTES:
-        raise EngineError(f"{what}: {len(data)} bytes is more than the {MAX_BUNDLE_BYTES} allowed")
-    if len(data) < 9 or data[:4] != _MAGIC:
-        raise EngineError(f"{what}: not a blindgate key file (bad magic) — wrong file or corrupted")
-    kind = bytes(data[4:5])
-    (head_len,) = struct.unpack_from("<I", data, 5)
-    if 9 + head_len > len(data):
-        raise EngineError(f"{what}: truncated header")
-    try:
-        header = json.loads(bytes(data[9 : 9 + head_len]))
-        layout = [(str(name), int(size)) for name, size in header["sections"]]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise EngineError(f"{what}: malformed header ({exc})") from None
-    sections, offset = {}, 9 + head_len
-    for name, size in layout:
-        if size < 0 or offset + size > len(data):
-            raise EngineError(f"{what}: truncated — section {name!r} needs {size} bytes, {len(data) - offset} left")
-        sections[name] = bytes(data[offset : offset + size])
-        offset += size
-    if offset != len(data):
-        raise EngineError(f"{what}: {len(data) - offset} unexpected trailing bytes")
-    return kind, header, sections
+    parsed = unframe(_LAYOUT, data, what, error=EngineError)
+    return parsed.kind, parsed.header, parsed.sections()
 
 
 def derive_key_id(params: Params, relin: bytes, galois: bytes) -> str:
@@ -83,7 +60,7 @@ class EvaluationKeys:
         return self.raw
 
     @classmethod
-    def from_bytes(cls, data: bytes, expected_key_id: str | None = None) -> "EvaluationKeys":
+    def from_bytes(cls, data: bytes, expected_key_id: str | None = None) -> EvaluationKeys:
         """Load and validate a bundle received from a device."""
         what = "evaluation bundle"
         kind, header, sections = _unpack(data, what)
@@ -100,7 +77,9 @@ class EvaluationKeys:
             raise EngineError(f"{what}: missing {sorted(missing)} keys")
         key_id = derive_key_id(params, sections["relin"], sections["galois"])
         if header.get("key_id") != key_id:
-            raise EngineError(f"{what}: key id {header.get('key_id')!r} does not match its keys ({key_id}) — corrupted or tampered")
+            raise EngineError(
+                f"{what}: key id {header.get('key_id')!r} does not match its keys ({key_id}) — corrupted or tampered"
+            )
         if expected_key_id is not None and expected_key_id != key_id:
             raise EngineError(f"{what}: key id {key_id} is not the expected {expected_key_id}")
         ctx = context_for(params)
@@ -134,7 +113,7 @@ class SiteKeys:
         return _pack(_KIND_SECRET, header, {"secret": to_bytes(self.secret), "evaluation": self.evaluation_bytes})
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "SiteKeys":
+    def from_bytes(cls, data: bytes) -> SiteKeys:
         what = "device key file"
         kind, header, sections = _unpack(data, what)
         if kind != _KIND_SECRET or "secret" not in sections:

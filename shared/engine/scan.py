@@ -8,11 +8,11 @@ log2(dim) rotations instead of 127.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import tenseal.sealapi as seal
 
-from .context import LEVEL_ENROLL, LEVEL_PROBE, load_ciphertext, to_bytes
+from .context import LEVEL_ENROLL, LEVEL_PROBE, EngineError, load_ciphertext, to_bytes
 from .gallery import Block, Gallery, rotation_sum
 from .keys import EvaluationKeys
 
@@ -35,6 +35,8 @@ def baby_steps(keys: EvaluationKeys, probe: seal.Ciphertext) -> list[seal.Cipher
 
 def scan_block(keys: EvaluationKeys, block: Block, steps: list[seal.Ciphertext]) -> bytes:
     """One block's encrypted |y_s|^2 - 2<x, y_s> for all its slots: one level-0 ciphertext."""
+    if block.diagonals is None or block.norms is None:
+        raise EngineError("an empty block has nothing to scan")
     ev, b = keys.context.evaluator, keys.params.baby
     acc = None
     # Horner over giant steps: acc = S_{G-1}; acc = S_g + rot(acc, b) down to g = 0.

@@ -6,7 +6,9 @@ import base64
 import math
 import os
 import queue
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -18,6 +20,7 @@ from paho.mqtt.properties import Properties
 from blindgate.shared.config import CloudConfig, MQTTConfig
 from blindgate.shared.engine import generate_site_keys
 from blindgate.shared.protocol import encode_probe_request, new_probe_request, probe_topic, reply_topic
+from tests.broker import Broker
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +38,10 @@ def embeddings(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, 0.09, (n, 128))
 
 
-def cloud_config(state_dir: Path, broker=None, **overrides) -> CloudConfig:
+def cloud_config(state_dir: Path, broker: Broker | None = None, **overrides: Any) -> CloudConfig:
+    """A test service's config: one worker, text logs, and a broker that is not there unless given."""
     mqtt_config = MQTTConfig(host=broker.host, port=broker.port) if broker else MQTTConfig(port=1)
-    values = dict(state_dir=str(state_dir), workers=1, queue_size=8, log_format="text", mqtt=mqtt_config)
+    values: dict[str, Any] = dict(state_dir=str(state_dir), workers=1, queue_size=8, log_format="text", mqtt=mqtt_config)
     values.update(overrides)
     return CloudConfig(**values)
 
@@ -56,17 +60,27 @@ class Device:
 
     def __init__(self, host: str, port: int, site: str, device: str) -> None:
         self.site, self.device = site, device
+        self.host, self.port = host, port
+        self.subscribed = threading.Event()  # set while the reply subscription is granted
         self.replies: queue.Queue = queue.Queue()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{site}-{device}-{os.getpid()}", protocol=mqtt.MQTTv5)
-        self._subscribed = queue.Queue()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"test-{site}-{device}-{os.getpid()}", protocol=mqtt.MQTTv5
+        )
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(reply_topic(site, device), qos=1)
-        self.client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed.put(True)
+        self.client.on_disconnect = lambda c, u, f, rc, p: self.subscribed.clear()
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
         self.client.on_message = lambda c, u, m: self.replies.put(m)
         self.client.connect(host, port)
         self.client.loop_start()
-        self._subscribed.get(timeout=10)
+        self.wait_subscribed(10)
 
-    def publish_raw(self, payload: bytes, *, request_id: str | None = None, ttl: float = 10.0, response: bool = True, topic: str | None = None):
+    def wait_subscribed(self, timeout: float) -> None:
+        """Block until the broker has granted the reply subscription (again, after a reconnect)."""
+        assert self.subscribed.wait(timeout), f"device {self.device} not subscribed after {timeout} s"
+
+    def publish_raw(
+        self, payload: bytes, *, request_id: str | None = None, ttl: float = 10.0, response: bool = True, topic: str | None = None
+    ):
         props = Properties(PacketTypes.PUBLISH)
         if response:
             props.ResponseTopic = reply_topic(self.site, self.device)

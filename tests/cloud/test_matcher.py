@@ -6,20 +6,25 @@ import asyncio
 import secrets
 import time
 
+import numpy as np
 import pytest
 
-from blindgate.cloud.matcher import BUSY, UNKNOWN_SITE, WRONG_KEY, MatcherPool, MatchError
+from blindgate.cloud.matcher import MatcherPool, MatchError, MatchErrorKind
 from blindgate.cloud.store import GalleryStore, StoreConflict, new_subject_id
-from blindgate.shared.engine import decode_scan, encrypt_block, encrypt_enrollment, encrypt_probe
+from blindgate.shared.engine import SiteKeys, decode_scan, encrypt_block, encrypt_enrollment, encrypt_probe
+from blindgate.shared.protocol import BlockResult
 
 from .conftest import embeddings
 
 pytestmark = pytest.mark.asyncio
 
 
-def decode(site_keys, face, results):
+def best_slot(site_keys: SiteKeys, face: np.ndarray, results: list[BlockResult]) -> int:
+    """The slot the device decodes as the closest match."""
     occupancy = [r.occupancy() for r in results]
-    return decode_scan(site_keys, face, [r.ciphertext for r in results], occupancy)
+    match = decode_scan(site_keys, face, [r.ciphertext for r in results], occupancy)
+    assert match.best is not None, "no match decoded"
+    return match.best.slot
 
 
 async def test_bulk_import_reload_busy_and_stale_commit(tmp_path, site_keys):
@@ -34,24 +39,25 @@ async def test_bulk_import_reload_busy_and_stale_commit(tmp_path, site_keys):
     await pool.start()
     try:
         version, results = await pool.identify("home", site_keys.key_id, encrypt_probe(site_keys, faces[17]), 1)
-        assert version == 1 and decode(site_keys, faces[17], results).best.slot == 17
+        assert version == 1 and best_slot(site_keys, faces[17], results) == 17
 
         # refusals
         with pytest.raises(MatchError) as err:
             await pool.identify("nosuch", site_keys.key_id, b"x", 0)
-        assert err.value.kind == UNKNOWN_SITE
+        assert err.value.kind == MatchErrorKind.UNKNOWN_SITE
         with pytest.raises(MatchError) as err:
             await pool.identify("home", "0" * 32, b"x", 0)
-        assert err.value.kind == WRONG_KEY
+        assert err.value.kind == MatchErrorKind.WRONG_KEY
 
         # queue_size 1: a second probe while one is in flight is refused at once
         probe = encrypt_probe(site_keys, faces[3])
         first = asyncio.ensure_future(pool.identify("home", site_keys.key_id, probe, 1))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop turn: the probe is counted in flight before it awaits its worker
+        assert pool.inflight == 1
         started = time.perf_counter()
         with pytest.raises(MatchError) as err:
             await pool.identify("home", site_keys.key_id, probe, 1)
-        assert err.value.kind == BUSY and time.perf_counter() - started < 0.05
+        assert err.value.kind == MatchErrorKind.BUSY and time.perf_counter() - started < 0.05
         await first
 
         # enroll one more through the pool, commit; a stale commit (old base version) is refused
@@ -61,12 +67,12 @@ async def test_bulk_import_reload_busy_and_stale_commit(tmp_path, site_keys):
         assert base == 1 and (ref.block, ref.slot) == (0, 40)
         with pytest.raises(StoreConflict):
             store.commit_enrollment("home", new_subject_id(), b"l", ref, enrollment, 0, block, expected_version=0)
-        assert store.site("home").version == 1
+        assert store.directory("home")[0] == 1
         assert store.commit_enrollment("home", new_subject_id(), b"l", ref, enrollment, 0, block, expected_version=base) == 2
 
         # the worker notices the new version by itself and scans the new template
         version, results = await pool.identify("home", site_keys.key_id, encrypt_probe(site_keys, extra), 0)
-        assert version == 2 and decode(site_keys, extra, results).best.slot == 40
+        assert version == 2 and best_slot(site_keys, extra, results) == 40
     finally:
         await pool.close()
         store.close()

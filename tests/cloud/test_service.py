@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
 from blindgate.shared.engine import decode_scan, encrypt_enrollment, encrypt_probe
 from blindgate.shared.launch import CloudService
-from blindgate.shared.protocol import open_reply, public_key_from_text
+from blindgate.shared.protocol import Reply, open_reply, public_key_from_text
 
 from .conftest import Device, embeddings, enroll_headers
 
@@ -29,13 +31,31 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
         return exc.code, json.load(exc)
 
 
+def wait_for(condition: Callable[[], bool], timeout: float) -> None:
+    """Poll `condition` (a cross-process fact with no event to await) until true; fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"condition not met within {timeout} s"
+        time.sleep(0.02)
+
+
+def counter(url: str, name: str) -> float:
+    """The sum of a counter's series on a service's /metrics."""
+    with urllib.request.urlopen(url + "/metrics") as resp:
+        text = resp.read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.split("{")[0].split(" ")[0] == name)
+
+
 def register_and_enroll(url: str, site_keys, faces) -> tuple[dict, list[str]]:
     status, info = http("POST", f"{url}/v1/sites/home", site_keys.evaluation_bytes)
     assert status == 201, info
     subjects = []
     for face in faces:
         status, body = http(
-            "POST", f"{url}/v1/sites/home/subjects", encrypt_enrollment(site_keys, face), enroll_headers(info["token"], site_keys.key_id)
+            "POST",
+            f"{url}/v1/sites/home/subjects",
+            encrypt_enrollment(site_keys, face),
+            enroll_headers(info["token"], site_keys.key_id),
         )
         assert status == 201, body
         subjects.append(body["subject"])
@@ -44,11 +64,11 @@ def register_and_enroll(url: str, site_keys, faces) -> tuple[dict, list[str]]:
 
 def assert_matches(device: Device, cloud_key, site_keys, face, slot: int) -> None:
     device.probe(site_keys.key_id, encrypt_probe(site_keys, face))
-    reply = open_reply(device.reply(30).payload, cloud_key)
+    reply = open_reply(bytes(device.reply(30).payload), cloud_key)
     assert reply.status == "ok", reply.message
     occupancy = [r.occupancy() for r in reply.results]
     match = decode_scan(site_keys, face, [r.ciphertext for r in reply.results], occupancy)
-    assert match.best.slot == slot and match.distance < 1e-2
+    assert match.best is not None and match.best.slot == slot and match.distance < 1e-2
 
 
 @pytest.fixture
@@ -74,27 +94,23 @@ def test_shared_subscription_two_processes(broker, services, site_keys):
     device = Device(broker.host, broker.port, "home", "door1")
     try:
         probe = encrypt_probe(site_keys, FACES[1])
-        sent = [device.probe(site_keys.key_id, probe).request_id for _ in range(12)]
-        for _ in sent:  # sequential pacing is not needed: queue_size 8 per process x 2
-            pass
-        replies = []
+        sent = [device.probe(site_keys.key_id, probe).request_id for _ in range(12)]  # within 2 x queue_size 8
+        replies: list[Reply] = []
         deadline = time.monotonic() + 60
         while len(replies) < len(sent) and time.monotonic() < deadline:
-            replies.append(open_reply(device.reply(60).payload, cloud_key))
-        time.sleep(1.0)  # any duplicate would arrive now
-        while not device.replies.empty():
-            replies.append(open_reply(device.replies.get().payload, cloud_key))
+            replies.append(open_reply(bytes(device.reply(60).payload), cloud_key))
+        while True:  # any duplicate would arrive within a second (a negative can only be waited out)
+            try:
+                replies.append(open_reply(bytes(device.reply(1.0).payload), cloud_key))
+            except queue.Empty:
+                break
     finally:
         device.close()
     counts = Counter(r.request_id for r in replies)
     assert set(counts) == set(sent) and set(counts.values()) == {1}, counts
     assert all(r.status in ("ok", "busy") for r in replies)
     assert sum(r.status == "ok" for r in replies) >= 8
-    answered = []
-    for proc in (first, second):
-        with urllib.request.urlopen(proc.url + "/metrics") as resp:
-            text = resp.read().decode()
-        answered.append(sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("blindgate_probes_answered_total{")))
+    answered = [counter(proc.url, "blindgate_probes_answered_total") for proc in (first, second)]
     assert sum(answered) == len(sent) and all(a > 0 for a in answered), answered
 
 
@@ -106,9 +122,9 @@ def test_restart_keeps_gallery_and_sigterm_is_clean(broker, services, site_keys)
     try:
         probe = encrypt_probe(site_keys, FACES[0])
         sent = {device.probe(site_keys.key_id, probe).request_id for _ in range(4)}
-        time.sleep(0.3)  # delivered to the service, scans under way
+        wait_for(lambda: counter(first.url, "blindgate_probes_received_total") >= len(sent), 10)  # scans under way
         assert first.stop() == 0  # SIGTERM: graceful, in-flight probes still answered
-        replies = [open_reply(device.reply(10).payload, cloud_key) for _ in sent]
+        replies = [open_reply(bytes(device.reply(10).payload), cloud_key) for _ in sent]
     finally:
         device.close()
     assert {r.request_id for r in replies} == sent and all(r.status in ("ok", "busy") for r in replies)
@@ -138,14 +154,16 @@ def test_kill_during_enrollment(broker, services, site_keys):
     def enroll_many():
         for face in extra:
             try:
-                results.append(http("POST", f"{first.url}/v1/sites/home/subjects", encrypt_enrollment(site_keys, face), headers, timeout=10))
+                results.append(
+                    http("POST", f"{first.url}/v1/sites/home/subjects", encrypt_enrollment(site_keys, face), headers, timeout=10)
+                )
             except (OSError, ValueError):
                 results.append(None)
                 return
 
     thread = threading.Thread(target=enroll_many)
     thread.start()
-    time.sleep(0.9)  # enrollments (~0.4 s each) are under way
+    wait_for(lambda: bool(results), 30)  # one enrollment answered, the next one (~0.4 s) under way
     first.kill()
     thread.join(30)
     committed = [body["subject"] for result in results if result and result[0] == 201 for _, body in [result]]

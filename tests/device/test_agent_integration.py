@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from blindgate.device.agent import Agent
+from blindgate.device.agent import Agent, open_configured_camera
 from blindgate.device.cli import main as device_main
 from blindgate.device.lock import Lock
 from blindgate.shared.config import DeviceConfig, load_config
@@ -83,13 +83,18 @@ class Watcher:
 
 
 def run_agent(config_path: Path) -> tuple[Agent, list[tuple[float, int]]]:
-    """Run the agent over its camera source; sample the lock pin every 20 ms."""
-    from blindgate.device.agent import open_configured_camera
-
+    """Run the agent over its camera source; sample the lock pin every 20 ms; events in `agent.seen_events`."""
     config = load_config(DeviceConfig, config_path, env={})
     lock = Lock("GPIO17", pin_factory="mock")
     pin = lock.pin
     agent = Agent.from_config(config, lock=lock)
+    agent.seen_events = []
+
+    def record(verdict, decision):
+        if decision.event:
+            agent.seen_events.append(decision.event)
+
+    agent.when_decided = record
     samples: list[tuple[float, int]] = []
     done = threading.Event()
 
@@ -117,7 +122,11 @@ def run_agent(config_path: Path) -> tuple[Agent, list[tuple[float, int]]]:
 def test_door_opens_for_enrolled_person_and_relocks(tmp_path, cloud, mqtt_broker, faces_dir):
     video = faces_dir / "video" / "short_hamilton_clip.mp4"
     config = provision(
-        tmp_path, cloud, mqtt_broker, faces_dir, "home",
+        tmp_path,
+        cloud,
+        mqtt_broker,
+        faces_dir,
+        "home",
         {"Lin-Manuel Miranda": ["lin_manuel_miranda/lin1.png"], "Joe Biden": ["biden/biden.jpg", "biden/biden2.jpg"]},
         str(video),
     )
@@ -164,7 +173,11 @@ def test_door_opens_for_enrolled_person_and_relocks(tmp_path, cloud, mqtt_broker
 def test_stays_locked_when_person_not_enrolled(tmp_path, cloud, mqtt_broker, faces_dir):
     video = faces_dir / "video" / "short_hamilton_clip.mp4"
     config = provision(
-        tmp_path, cloud, mqtt_broker, faces_dir, "office",
+        tmp_path,
+        cloud,
+        mqtt_broker,
+        faces_dir,
+        "office",
         {"Barack Obama": ["obama/obama.jpg"], "Alex Lacamoire": ["alex_lacamoire/alex1.jpg"]},
         str(video),
     )
@@ -172,7 +185,7 @@ def test_stays_locked_when_person_not_enrolled(tmp_path, cloud, mqtt_broker, fac
     assert all(s == 0 for _, s in samples)
     assert agent.counters.get("verdict_match", 0) == 0
     assert agent.counters.get("verdict_unknown", 0) > 0  # it did see and judge faces
-    assert not any(e["event"] == "recognized" for e in agent.events)
+    assert "recognized" not in agent.seen_events
 
 
 def test_photo_of_another_person_never_opens(tmp_path, cloud, mqtt_broker, faces_dir):
@@ -181,7 +194,11 @@ def test_photo_of_another_person_never_opens(tmp_path, cloud, mqtt_broker, faces
     for name in ("obama.jpg", "obama1.jpg", "obama2.jpg", "obama3.jpg", "obama-480p.jpg"):
         (photos / name).symlink_to(faces_dir / "people" / "obama" / name)
     config = provision(
-        tmp_path, cloud, mqtt_broker, faces_dir, "lobby",
+        tmp_path,
+        cloud,
+        mqtt_broker,
+        faces_dir,
+        "lobby",
         {"Lin-Manuel Miranda": ["lin_manuel_miranda/lin1.png"], "Joe Biden": ["biden/biden.jpg"]},
         str(photos),
     )
@@ -189,4 +206,4 @@ def test_photo_of_another_person_never_opens(tmp_path, cloud, mqtt_broker, faces
     assert all(s == 0 for _, s in samples)
     assert agent.counters.get("verdict_match", 0) == 0
     assert agent.counters.get("verdict_unknown", 0) >= 3
-    assert [e["event"] for e in agent.events][:1] == ["unknown"]
+    assert agent.seen_events[:1] == ["unknown"]

@@ -1,8 +1,10 @@
 """Fail-secure reply handling of the door agent, driven directly with crafted, signed replies.
 
 Real engine ciphertexts (site keys, gallery, scan) and real protocol signing with a test Ed25519
-key; no broker. A positive control shows the door does open for a good pair of replies, so the
-negative cases below would fail if the checks were missing.
+key; no broker: messages enter through the link's paho callback (`on_message`), what the agent
+publishes is recorded by the link, and time is a fake clock. A positive control shows the door
+does open for a good pair of replies, so the negative cases below would fail if the checks were
+missing.
 """
 
 import base64
@@ -13,23 +15,48 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from blindgate.device.agent import DOUBT, MATCH, REJECTED, UNKNOWN, Agent, AuditLog, SubjectDirectory
+from blindgate.device.agent import Agent
+from blindgate.device.audit import AuditLog
+from blindgate.device.decision import VerdictKind
+from blindgate.device.directory import SubjectDirectory
 from blindgate.device.labels import LabelCipher
+from blindgate.device.link import MqttLink
 from blindgate.device.lock import Lock
 from blindgate.shared.config import DecisionConfig, DeviceConfig
-from blindgate.shared.engine import Gallery, encrypt_enrollment, generate_site_keys, scan
+from blindgate.shared.engine import Gallery, encrypt_enrollment, encrypt_probe, generate_site_keys, scan
 from blindgate.shared.protocol import (
-    STATUS_BUSY,
-    STATUS_ERROR,
-    STATUS_OK,
     BlockResult,
     Reply,
+    ReplyStatus,
     new_probe_request,
     new_signing_key,
     seal_reply,
 )
 
 SITE, DEVICE, VERSION = "home", "door1", 7
+MATCH, UNKNOWN, DOUBT, REJECTED = VerdictKind.MATCH, VerdictKind.UNKNOWN, VerdictKind.DOUBT, VerdictKind.REJECTED
+
+
+class RecordingLink(MqttLink):
+    """The real link without a broker: what the agent publishes is kept in `published`."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.published = []
+
+    def publish(self, topic, payload, retain=False):
+        self.published.append((topic, payload, retain))
+
+    def events(self):
+        return [json.loads(p) for t, p, _ in self.published if t == self.topics.event]
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +77,25 @@ def world(tmp_path_factory):
             {"subject": "s-bob", "label": base64.b64encode(labels.encrypt("Bob")).decode(), "block": 0, "slot": 1},
         ],
     }
-    return SimpleNamespace(keys=keys, gallery=gallery, labels=labels, listing=listing, state=state,
-                           alice=alice + rng.normal(0, 0.01, 128), stranger=stranger, signer=new_signing_key())
+    return SimpleNamespace(
+        keys=keys,
+        gallery=gallery,
+        labels=labels,
+        listing=listing,
+        state=state,
+        alice=alice + rng.normal(0, 0.01, 128),
+        stranger=stranger,
+        signer=new_signing_key(),
+    )
 
 
 @pytest.fixture
-def agent(world, tmp_path):
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def agent(world, tmp_path, clock):
     config = DeviceConfig(site=SITE, device_id=DEVICE, decision=DecisionConfig(frames_required=2, reply_timeout=0.3))
     fetches = []
 
@@ -65,7 +105,17 @@ def agent(world, tmp_path):
 
     directory = SubjectDirectory(fetch, world.labels)
     lock = Lock("GPIO17", pin_factory="mock")
-    a = Agent(config, world.keys, world.signer.public_key(), directory, lock, audit=AuditLog(tmp_path / "audit.jsonl"))
+    link = RecordingLink(config)
+    a = Agent(
+        config,
+        world.keys,
+        world.signer.public_key(),
+        directory,
+        lock,
+        audit=AuditLog(tmp_path / "audit.jsonl"),
+        clock=clock,
+        link=link,
+    )
     a.fetches = fetches
     yield a
     a.close()
@@ -79,16 +129,27 @@ def request(agent):
 
 def sealed(world, req, embedding=None, signer=None, **changes):
     embedding = world.alice if embedding is None else embedding
-    from blindgate.shared.engine import encrypt_probe
-
     results = tuple(
         BlockResult.of(i, block.occupied, ct)
         for i, (block, ct) in enumerate(zip(world.gallery.blocks, scan(world.gallery, encrypt_probe(world.keys, embedding))))
     )
-    fields = dict(status=STATUS_OK, site=req.site, device=req.device, request_id=req.request_id, nonce=req.nonce,
-                  gallery_version=VERSION, expires_at=time.time() + 10, results=results)
+    fields = dict(
+        status=ReplyStatus.OK,
+        site=req.site,
+        device=req.device,
+        request_id=req.request_id,
+        nonce=req.nonce,
+        gallery_version=VERSION,
+        expires_at=time.time() + 10,
+        results=results,
+    )
     fields.update(changes)
     return seal_reply(Reply(**fields), signer or world.signer)
+
+
+def arrive(agent, payload, retain=False):
+    """A message arrives on the agent's reply topic (through the link's paho callback)."""
+    agent.link.on_message(None, None, SimpleNamespace(topic=agent.link.topics.reply, payload=payload, retain=retain))
 
 
 def frame(agent, world, make_payloads, embedding=None):
@@ -96,7 +157,7 @@ def frame(agent, world, make_payloads, embedding=None):
     embedding = world.alice if embedding is None else embedding
     req = request(agent)
     for payload in make_payloads(req):
-        agent._replies.put((payload, False))
+        arrive(agent, payload)
     verdict = agent.wait_reply(req, embedding, timeout=0.3)
     decision = agent.apply(verdict)
     return verdict, decision
@@ -105,7 +166,7 @@ def frame(agent, world, make_payloads, embedding=None):
 def assert_locked(agent):
     assert agent.lock.is_locked
     assert agent.lock.pin.state == 0
-    assert not any(e["event"] == "recognized" for e in agent.events)
+    assert not any(e["event"] == "recognized" for e in agent.link.events())
 
 
 def test_positive_control_two_good_replies_open_the_door(agent, world):
@@ -114,7 +175,7 @@ def test_positive_control_two_good_replies_open_the_door(agent, world):
     assert agent.lock.is_locked and not d1.unlock
     v2, d2 = frame(agent, world, lambda req: [sealed(world, req)])
     assert d2.unlock and agent.lock.pin.state == 1 and not agent.lock.is_locked
-    event = agent.events[-1]
+    event = agent.link.events()[-1]
     assert set(event) == {"event", "label", "ts"} and event["event"] == "recognized" and event["label"] == "Alice"
     assert agent.fetches == [1]  # directory fetched once, cached for the same gallery version
     audit = [json.loads(line) for line in (agent.audit.path).read_text().splitlines()]
@@ -127,7 +188,8 @@ def test_stranger_is_unknown_and_never_opens(agent, world):
         v, d = frame(agent, world, lambda req: [sealed(world, req, embedding=world.stranger)], embedding=world.stranger)
         assert v.kind == UNKNOWN
     assert_locked(agent)
-    assert [e["event"] for e in agent.events] == ["unknown"] and agent.events[0]["label"] is None
+    events = agent.link.events()
+    assert [e["event"] for e in events] == ["unknown"] and events[0]["label"] is None
 
 
 def _other_key(world, req):
@@ -166,25 +228,20 @@ def _garbage(world, req):
 
 
 def _busy(world, req):
-    return [sealed(world, req, status=STATUS_BUSY, results=(), message="queue full")]
+    return [sealed(world, req, status=ReplyStatus.BUSY, results=(), message="queue full")]
 
 
 def _error(world, req):
-    return [sealed(world, req, status=STATUS_ERROR, results=(), message="unknown key id")]
+    return [sealed(world, req, status=ReplyStatus.ERROR, results=(), message="unknown key id")]
 
 
 def _corrupt_ciphertext(world, req):
-    good = sealed(world, req)  # noqa: F841 - builds the right results to copy
-    from blindgate.shared.engine import encrypt_probe
-
     result = BlockResult.of(0, world.gallery.blocks[0].occupied, encrypt_probe(world.keys, world.alice))
     return [sealed(world, req, results=(result,))]
 
 
 def _slot_not_in_directory(world, req):
     # the real result, but claimed for block 3: no subject is listed there
-    from blindgate.shared.engine import encrypt_probe
-
     ct = scan(world.gallery, encrypt_probe(world.keys, world.alice))[0]
     return [sealed(world, req, results=(BlockResult.of(3, world.gallery.blocks[0].occupied, ct),))]
 
@@ -260,36 +317,41 @@ def test_retained_messages_are_never_acted_on(agent, world):
     req = request(agent)
     payload = sealed(world, req)
     assert agent.handle_reply(payload, True, world.alice).kind == REJECTED
-    msg = SimpleNamespace(topic=agent.topic("reply"), payload=payload, retain=True)
-    agent._on_message(None, None, msg)
-    assert agent._replies.empty()
+    arrive(agent, payload, retain=True)
+    assert agent.link.next_reply(0) is None
+    assert agent.counters["retained_ignored"] == 1
     assert agent.wait_reply(req, world.alice, 0.1).kind == DOUBT
 
 
 def test_disconnect_fails_the_in_flight_request(agent, world):
-    agent._connected.set()
     req = request(agent)
-    agent._on_disconnect(None, None, None, "gone", None)
+    agent.link.on_disconnect(None, None, None, "gone", None)
     verdict = agent.wait_reply(req, world.alice, timeout=5)
     assert verdict.kind == DOUBT and "disconnected" in verdict.reason
 
 
-def test_hold_open_then_relock(agent, world):
-    agent.config.decision.open_seconds = 0.2
-    agent.decision.config.open_seconds = 0.2
+def test_hold_open_then_relock(agent, world, clock):
     frame(agent, world, lambda req: [sealed(world, req)])
     frame(agent, world, lambda req: [sealed(world, req)])
     assert agent.lock.pin.state == 1
-    time.sleep(0.25)
+    agent.tick()
+    assert agent.lock.pin.state == 1  # still within the hold-open time
+    clock.now += agent.config.decision.open_seconds
     agent.tick()
     assert agent.lock.pin.state == 0 and agent.lock.is_locked
+    locks = [p for t, p, retained in agent.link.published if t == agent.link.topics.lock and retained]
+    assert locks == ["UNLOCKED", "LOCKED"]
 
 
-def test_discovery_configs(agent):
-    configs = agent.discovery_configs()
-    lock = configs["homeassistant/lock/home_door1/config"]
-    event = configs["homeassistant/event/home_door1/config"]
-    assert lock["unique_id"] != event["unique_id"] and lock["device"]["identifiers"] == event["device"]["identifiers"]
-    assert lock["state_topic"] == "blindgate/home/door1/lock"
-    assert event["event_types"] == ["recognized", "unknown", "denied"]
-    assert lock["availability_topic"] == "blindgate/home/door1/availability"
+def test_observers_see_every_decision_and_each_lock_change(agent, world, clock):
+    decided, lock_states = [], []
+    agent.when_decided = lambda verdict, decision: decided.append((verdict.kind, decision.event, decision.unlock))
+    agent.when_lock_changed = lock_states.append
+    frame(agent, world, lambda req: [])  # a timeout: a doubtful frame is still a decision
+    frame(agent, world, lambda req: [sealed(world, req)])
+    frame(agent, world, lambda req: [sealed(world, req)])
+    assert decided == [(DOUBT, None, False), (MATCH, None, False), (MATCH, "recognized", True)]
+    assert lock_states == ["UNLOCKED"]
+    clock.now += agent.config.decision.open_seconds
+    agent.tick()
+    assert lock_states == ["UNLOCKED", "LOCKED"]

@@ -13,15 +13,26 @@ from blindgate.device import camera
 from blindgate.device.camera import (
     CameraSource,
     Frame,
+    FrameStream,
     ImageFolderSource,
     OpenCVSource,
     PiCamera2Source,
     VideoFileSource,
     open_camera,
 )
-from blindgate.device.faces import THRESHOLD, FaceAnalyzer, FaceResult, Rejection, face_distance, load_image
+from blindgate.device.faces import FaceAnalyzer, FaceResult, Rejection, face_distance, load_image
+from blindgate.shared.config import DecisionConfig
 
 CLIP_FRAMES, CLIP_FPS = 275, 29.97
+
+THRESHOLD = DecisionConfig().threshold  # the door's configured default
+
+
+def next_frame(source: CameraSource) -> Frame:
+    """The next frame of a stream that must not have ended."""
+    frame = source.read()
+    assert frame is not None, "the stream ended early"
+    return frame
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +68,9 @@ def test_video_file_step_fps_resize_and_loop(clip):
     with VideoFileSource(clip, fps=10) as source:  # 29.97 fps -> every 3rd frame
         assert source.step == 3
     with VideoFileSource(clip, step=100, width=320) as source:
-        assert source.read().rgb.shape == (180, 320, 3)
+        assert next_frame(source).rgb.shape == (180, 320, 3)
     with VideoFileSource(clip, step=100, loop=True) as source:
-        indices = [source.read().index for _ in range(5)]
+        indices = [next_frame(source).index for _ in range(5)]
     # Indices keep counting across the restart so they stay unique.
     assert indices == [0, 100, 200, CLIP_FRAMES, CLIP_FRAMES + 100]
 
@@ -67,7 +78,7 @@ def test_video_file_step_fps_resize_and_loop(clip):
 def test_video_file_realtime_paces_at_the_file_rate(clip):
     with VideoFileSource(clip, realtime=True, step=3) as source:
         start = time.monotonic()
-        frames = [source.read() for _ in range(4)]
+        frames = [next_frame(source) for _ in range(4)]
         elapsed = time.monotonic() - start
     # Frames 0, 3, 6, 9: the last is due 9 / 29.97 = 0.30 s after the first.
     assert frames[-1].index == 9
@@ -120,13 +131,22 @@ def test_image_folder_fps_paces_loops_and_resizes(tmp_path):
     _write(tmp_path / "2.png", (255, 255, 255))
     with ImageFolderSource(tmp_path, fps=20, loop=True, width=32, height=32) as source:
         start = time.monotonic()
-        frames = [source.read() for _ in range(5)]
+        frames = [next_frame(source) for _ in range(5)]
         elapsed = time.monotonic() - start
     assert [f.index for f in frames] == [0, 1, 2, 3, 4]
     assert [f.timestamp for f in frames] == pytest.approx([0, 0.05, 0.1, 0.15, 0.2])
     assert elapsed >= 0.19
     assert all(f.rgb.shape == (32, 32, 3) for f in frames)
     assert frames[2].rgb.max() == 0 and frames[3].rgb.min() == 255
+
+
+def test_sources_are_camera_sources(tmp_path):
+    _write(tmp_path / "1.png", (10, 20, 30))
+    source: CameraSource = ImageFolderSource(tmp_path)  # mypy checks the protocol here
+    frame = next_frame(source)
+    assert frame is not None and frame.rgb[0, 0].tolist() == [30, 20, 10]  # written as BGR
+    source.close()
+    assert source.read() is None
 
 
 def test_image_folder_of_real_photos(faces_dir):
@@ -146,13 +166,13 @@ def test_image_folder_without_images_is_refused(tmp_path):
 
 def test_opencv_source_reads_rgb_and_drops_frames_above_fps(monkeypatch, clip, clip_frames):
     with OpenCVSource(str(clip)) as source:
-        first, second = source.read(), source.read()
+        first, second = next_frame(source), next_frame(source)
     assert np.array_equal(first.rgb, clip_frames[0].rgb) and second.index == 1
     # A clock that advances 10 ms per reading stands in for a camera delivering 100 fps.
     ticks = iter(range(1, 10_000))
     monkeypatch.setattr(camera, "time", types.SimpleNamespace(monotonic=lambda: next(ticks) / 100))
     with OpenCVSource(str(clip), fps=10) as source:
-        frames = [source.read() for _ in range(3)]
+        frames = [next_frame(source) for _ in range(3)]
     # Kept: the first frame, then one per 100 ms (a quarter period of jitter allowed).
     assert [f.index for f in frames] == [0, 8, 18]
     assert [f.timestamp for f in frames] == pytest.approx([0.01, 0.09, 0.19])
@@ -182,7 +202,9 @@ class _FakePicamera2:
     instances: list["_FakePicamera2"] = []
 
     def __init__(self, camera_num: int = 0) -> None:
-        self.camera_num, self.calls, self.requests = camera_num, [], []
+        self.camera_num = camera_num
+        self.calls: list[tuple] = []
+        self.requests: list[_FakeRequest] = []
         _FakePicamera2.instances.append(self)
 
     def create_video_configuration(self, main, controls):
@@ -215,10 +237,9 @@ def test_picamera2_source_configures_rgb888_and_swaps_to_rgb(monkeypatch):
     _FakePicamera2.instances.clear()
     with open_camera("picamera2", width=320, height=240, fps=15) as source:
         assert isinstance(source, PiCamera2Source)
-        frames = [source.read(), source.read()]
+        frames = [next_frame(source), next_frame(source)]
     fake = _FakePicamera2.instances[0]
-    assert fake.calls[0] == ("config", {"size": (320, 240), "format": "RGB888"},
-                             {"FrameDurationLimits": (66667, 66667)})
+    assert fake.calls[0] == ("config", {"size": (320, 240), "format": "RGB888"}, {"FrameDurationLimits": (66667, 66667)})
     assert fake.calls[-2:] == [("stop",), ("close",)]
     assert all(r.released for r in fake.requests)
     assert frames[0].rgb.shape == (240, 320, 3) and frames[0].rgb[0, 0].tolist() == [30, 20, 10]
@@ -240,7 +261,7 @@ def test_picamera2_missing_says_how_to_install(monkeypatch):
 def test_open_camera_dispatch(monkeypatch, clip, tmp_path):
     opened = []
 
-    class Recorder(CameraSource):
+    class Recorder(FrameStream):
         def __init__(self, *args):
             opened.append(args)
 

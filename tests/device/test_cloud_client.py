@@ -9,7 +9,7 @@ import pytest
 
 from blindgate.device.cloud_client import CloudClient, CloudError
 
-SEEN = []
+SEEN: list[tuple[str, str, dict[str, str], bytes]] = []
 
 
 class Handler(BaseHTTPRequestHandler):

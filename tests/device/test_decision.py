@@ -1,9 +1,62 @@
-"""Decision rules with a fake clock: multi-frame, window, hold-open, cooldown, lockout."""
+"""The access rule (`access_verdict`) and the decision rules with a fake clock: multi-frame,
+window, hold-open, cooldown, lockout."""
+
+import math
 
 import pytest
 
-from blindgate.device.decision import EVENT_DENIED, EVENT_RECOGNIZED, EVENT_UNKNOWN, DecisionEngine
+from blindgate.device.decision import DecisionEngine, DoorEvent, VerdictKind, access_verdict
 from blindgate.shared.config import DecisionConfig
+
+EVENT_RECOGNIZED, EVENT_UNKNOWN, EVENT_DENIED = DoorEvent.RECOGNIZED, DoorEvent.UNKNOWN, DoorEvent.DENIED
+MATCH, UNKNOWN, DOUBT = VerdictKind.MATCH, VerdictKind.UNKNOWN, VerdictKind.DOUBT
+
+
+# -- the access rule ----------------------------------------------------------------------------
+
+
+def test_the_rule_lives_in_config_with_documented_defaults():
+    config = DecisionConfig()
+    assert (config.threshold, config.doubt_margin) == (0.6, 0.05)
+
+
+@pytest.mark.parametrize(
+    "distance, kind",
+    [
+        (0.0, MATCH),
+        (0.35, MATCH),
+        (0.6, MATCH),  # the threshold itself still matches
+        (math.nextafter(0.6, 1.0), DOUBT),
+        (0.62, DOUBT),
+        (0.65, DOUBT),  # threshold + margin: still doubtful, not a failed attempt
+        (0.66, UNKNOWN),
+        (1.4, UNKNOWN),
+    ],
+)
+def test_threshold_and_doubt_margin(distance, kind):
+    assert access_verdict(distance) is kind
+
+
+@pytest.mark.parametrize("distance", [math.inf, math.nan, -math.inf])
+def test_no_finite_distance_means_nobody_enrolled(distance):
+    assert access_verdict(distance) is UNKNOWN
+
+
+def test_the_config_moves_the_boundary():
+    strict = DecisionConfig(threshold=0.5)
+    assert access_verdict(0.55) is MATCH and access_verdict(0.55, strict) is DOUBT
+    assert access_verdict(0.6, strict) is UNKNOWN
+    assert access_verdict(0.62, DecisionConfig(doubt_margin=0.0)) is UNKNOWN
+    assert access_verdict(0.62, DecisionConfig(threshold=0.7)) is MATCH
+
+
+def test_kinds_and_events_keep_their_wire_strings():
+    assert [str(k) for k in VerdictKind] == ["match", "unknown", "doubt", "rejected"]
+    assert [str(e) for e in DoorEvent] == ["recognized", "unknown", "denied"]
+    assert f"verdict_{VerdictKind.MATCH}" == "verdict_match"
+
+
+# -- the decision rules -------------------------------------------------------------------------
 
 
 class Clock:
@@ -19,8 +72,17 @@ class Clock:
 
 def make(**kw):
     clock = Clock()
-    cfg = DecisionConfig(**{"frames_required": 2, "window_s": 3.0, "open_seconds": 5.0, "cooldown_s": 3.0,
-                            "lockout_failures": 5, "lockout_s": 30.0, **kw})
+    cfg = DecisionConfig(
+        **{
+            "frames_required": 2,
+            "window_s": 3.0,
+            "open_seconds": 5.0,
+            "cooldown_s": 3.0,
+            "lockout_failures": 5,
+            "lockout_s": 30.0,
+            **kw,
+        }
+    )
     return DecisionEngine(cfg, clock=clock), clock
 
 
@@ -59,8 +121,11 @@ def test_anything_in_between_restarts_the_count(breaker):
     engine, clock = make(frames_required=3)
     engine.observe_match("alice")
     engine.observe_match("alice")
-    {"doubt": lambda: engine.observe_doubt("timeout"), "unknown": engine.observe_unknown,
-     "other": lambda: engine.observe_match("bob")}[breaker]()
+    {
+        "doubt": lambda: engine.observe_doubt("timeout"),
+        "unknown": engine.observe_unknown,
+        "other": lambda: engine.observe_match("bob"),
+    }[breaker]()
     assert not engine.observe_match("alice").unlock
     assert not engine.observe_match("alice").unlock
     assert engine.observe_match("alice").unlock
@@ -112,7 +177,7 @@ def test_unknown_run_is_one_failed_attempt_per_cooldown():
 
 def test_lockout_after_five_failures_lasts_at_least_30s():
     engine, clock = make()
-    for i in range(5):
+    for _ in range(5):
         d = fail_once(engine, clock)
         assert d.event == EVENT_UNKNOWN
     assert engine.locked_out()

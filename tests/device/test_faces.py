@@ -11,16 +11,20 @@ import pytest
 from blindgate.device import faces
 from blindgate.device.faces import (
     EMBEDDING_SIZE,
-    THRESHOLD,
+    Analyzer,
     FaceAnalyzer,
     FaceBox,
     FaceConfig,
     FaceResult,
     Rejection,
+    RejectionKind,
     face_distance,
     face_sharpness,
     load_image,
 )
+from blindgate.shared.config import DecisionConfig
+
+THRESHOLD = DecisionConfig().threshold  # the door's configured default
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +56,8 @@ def test_every_labelled_photo_gives_one_accepted_face(people):
 
 
 def test_threshold_separates_same_person_from_different_people(people):
-    same, different = [], []
+    same: list[tuple[float, str, str]] = []
+    different: list[tuple[float, str, str]] = []
     for (a, (who_a, ra)), (b, (who_b, rb)) in itertools.combinations(people.items(), 2):
         distance = float(face_distance(ra.embedding, rb.embedding))
         (same if who_a == who_b else different).append((distance, a.name, b.name))
@@ -65,7 +70,8 @@ def test_threshold_separates_same_person_from_different_people(people):
 
 def test_rgba_png_loads_as_rgb_and_matches_its_jpeg(faces_dir, people):
     rgba_path = faces_dir / "people" / "obama" / "obama2_rgba.png"
-    assert cv2.imread(str(rgba_path), cv2.IMREAD_UNCHANGED).shape[2] == 4
+    raw = cv2.imread(str(rgba_path), cv2.IMREAD_UNCHANGED)
+    assert raw is not None and raw.shape[2] == 4
     rgb = load_image(rgba_path)
     assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
     rgba, jpeg = embedding_of(people, "obama2_rgba.png"), embedding_of(people, "obama2.jpg")
@@ -150,15 +156,21 @@ def test_tiny_face_is_rejected_as_too_small(faces_dir, analyzer):
     assert isinstance(result, Rejection) and result.kind == "too_small", result
     match = re.fullmatch(r"face too small \((\d+) px < 60 px\)", result.reason)
     assert match and int(match[1]) < 60, result.reason
-    assert result.box.width == int(match[1])
+    assert result.box is not None and result.box.width == int(match[1])
 
 
 def test_blank_frame_has_no_face(analyzer):
     result = analyzer.analyze(np.full((480, 640, 3), 128, np.uint8))
     assert isinstance(result, Rejection)
     assert (result.kind, result.reason) == ("no_face", "no face")
+    assert result.kind is RejectionKind.NO_FACE and f"skipped_{result.kind}" == "skipped_no_face"
     assert result.box is None and result.face_count == 0
     assert result.timings.detect_ms > 0 and result.timings.embed_ms == 0
+
+
+def test_face_analyzer_is_an_analyzer(analyzer):
+    seam: Analyzer = analyzer  # mypy checks the protocol here
+    assert isinstance(seam.analyze(np.zeros((64, 64, 3), np.uint8)), Rejection)
 
 
 def test_timings_cover_each_stage(people):
@@ -196,7 +208,7 @@ def test_face_distance_accepts_one_or_many():
     b[0] = 3.0
     b[1] = 4.0
     assert face_distance(a, b) == pytest.approx(5.0)
-    assert face_distance(a, np.stack([a, b])).tolist() == pytest.approx([0.0, 5.0])
+    assert np.asarray(face_distance(a, np.stack([a, b]))).tolist() == pytest.approx([0.0, 5.0])
 
 
 def test_bad_input_is_refused_clearly(analyzer):
@@ -205,7 +217,7 @@ def test_bad_input_is_refused_clearly(analyzer):
     with pytest.raises(ValueError, match="uint8 RGB"):
         analyzer.detect(np.zeros((48, 64, 3), np.float32))
     with pytest.raises(ValueError, match="hog"):
-        FaceConfig(model="mtcnn")
+        FaceConfig(model="mtcnn")  # type: ignore[arg-type]  # the wrong value under test
 
 
 def test_missing_models_say_what_to_install(monkeypatch):

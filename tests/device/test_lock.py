@@ -2,7 +2,17 @@
 
 import pytest
 
-from blindgate.device.lock import Lock, make_pin_factory
+from blindgate.device.lock import DoorLock, Lock, LockClosed, make_pin_factory
+from blindgate.shared.config import ConfigError
+from blindgate.shared.errors import BlindgateError
+
+
+def test_lock_is_a_door_lock():
+    lock: DoorLock = Lock("GPIO24", pin_factory="mock")  # mypy checks the protocol here
+    lock.unlock()
+    assert not lock.is_locked
+    lock.close()
+    assert lock.is_locked
 
 
 def test_locked_at_start_unlock_lock_active_high():
@@ -33,8 +43,9 @@ def test_close_and_context_exit_lock_the_door():
         assert pin.state == 1
     assert pin.state == 0 and lock.is_locked
     lock.close()  # idempotent
-    with pytest.raises(RuntimeError):
+    with pytest.raises(LockClosed) as caught:
         lock.unlock()
+    assert isinstance(caught.value, (RuntimeError, BlindgateError))
     assert pin.state == 0
 
 
@@ -43,10 +54,11 @@ def test_exception_inside_with_still_locks():
         with Lock("GPIO23", pin_factory="mock") as lock:
             pin = lock.pin
             lock.unlock()
-            1 / 0
+            raise ZeroDivisionError
     assert pin.state == 0
 
 
 def test_unknown_pin_factory_is_an_error():
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="unknown pin factory 'bogus'"):
         make_pin_factory("bogus")
+    assert make_pin_factory("") is None

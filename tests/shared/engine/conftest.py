@@ -1,4 +1,9 @@
-"""Fixtures for the engine tests: real face embeddings from ../shared (skipped when absent)."""
+"""Engine fixtures: site keys, a small read-only gallery, and real face embeddings from ../shared.
+
+Key generation costs seconds, so the keys live for the session; `small` is a read-only
+four-template gallery that tests may query and must not change. The real embeddings (labelled
+photos and LFW pairs) are skipped when ../shared is absent.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,37 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from blindgate.device.faces import FaceAnalyzer, load_image
+from blindgate.shared.engine import EvaluationKeys, Gallery, SiteKeys, SlotRef, encrypt_enrollment, generate_site_keys
+from tests.shared.engine.support import dlib_like
+
+
+@pytest.fixture(scope="session")
+def keys() -> SiteKeys:
+    return generate_site_keys()
+
+
+@pytest.fixture(scope="session")
+def evaluation(keys: SiteKeys) -> EvaluationKeys:
+    return keys.evaluation()
+
+
+@pytest.fixture(scope="session")
+def other_keys() -> SiteKeys:
+    return generate_site_keys()
+
+
+@pytest.fixture(scope="session")
+def small(keys: SiteKeys, evaluation: EvaluationKeys) -> tuple[Gallery, np.ndarray, list[bytes]]:
+    """Four random templates enrolled through Gallery.add (slots 0-3); read-only for the tests."""
+    templates = dlib_like(np.random.default_rng(11), 4)
+    enrollments = [encrypt_enrollment(keys, y) for y in templates]
+    gallery = Gallery(evaluation)
+    refs = [gallery.add(e) for e in enrollments]
+    assert refs == [SlotRef(0, s) for s in range(4)]
+    return gallery, templates, enrollments
+
 
 # The first pairs of LFW's development test split: enough images (~136) to exercise 1:1 on
 # real embeddings while keeping the dlib pass near 15 s.
@@ -31,27 +67,23 @@ def people_dir(faces_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def analyzer():
-    from blindgate.device.faces import FaceAnalyzer
-
+def analyzer() -> FaceAnalyzer:
     return FaceAnalyzer()
 
 
-def embed_largest_face(analyzer, path: Path) -> np.ndarray | None:
+def embed_largest_face(analyzer: FaceAnalyzer, path: Path) -> np.ndarray | None:
     """The embedding of the largest face, without the device's quality gate (None: no face).
 
     The engine must match whatever embedding it is given; several LFW images are below the
     device's sharpness threshold but are still real dlib embeddings.
     """
-    from blindgate.device.faces import load_image
-
     rgb = load_image(path)
     boxes = analyzer.detect(rgb)
     return analyzer.embed(rgb, boxes[0]) if boxes else None
 
 
 @pytest.fixture(scope="session")
-def people_embeddings(people_dir: Path, analyzer) -> list[tuple[str, str, np.ndarray]]:
+def people_embeddings(people_dir: Path, analyzer: FaceAnalyzer) -> list[tuple[str, str, np.ndarray]]:
     """(identity, file name, embedding) for every labelled photo (23 photos of 6 people)."""
     photos = sorted(p for p in people_dir.glob("*/*") if p.is_file())
     assert len(photos) >= 20, f"expected the 23 labelled photos in {people_dir}"
@@ -64,7 +96,7 @@ def people_embeddings(people_dir: Path, analyzer) -> list[tuple[str, str, np.nda
 
 
 @pytest.fixture(scope="session")
-def lfw_sample(lfw_dir: Path, analyzer) -> tuple[list[tuple[bool, str, str]], dict[str, np.ndarray]]:
+def lfw_sample(lfw_dir: Path, analyzer: FaceAnalyzer) -> tuple[list[tuple[bool, str, str]], dict[str, np.ndarray]]:
     """The first same-person and different-person LFW pairs: ([(same, key_a, key_b)], {key: embedding})."""
     lines = (lfw_dir / "pairsDevTest.txt").read_text().splitlines()
     count = int(lines[0])

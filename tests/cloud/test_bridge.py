@@ -1,4 +1,4 @@
-"""The MQTT bridge against a real Mosquitto: signed replies, refusals, drops, busy."""
+"""The MQTT bridge (cloud/bridge.py) against a real Mosquitto: signed replies, refusals, drops, busy, reconnects."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from blindgate.cloud.app import BRIDGE, METRICS, create_app
+from blindgate.cloud.app import create_app
+from blindgate.cloud.resources import BRIDGE, METRICS
+from blindgate.device.requests import PendingRequests
 from blindgate.shared.engine import decode_scan, decode_verify, encrypt_enrollment, encrypt_probe
 from blindgate.shared.protocol import (
     MAX_PROBE_BYTES,
-    MODE_VERIFY,
-    PendingRequests,
+    Mode,
+    ReplyStatus,
     encode_probe_request,
     new_probe_request,
     open_reply,
@@ -41,10 +43,7 @@ async def service(broker, aiohttp_client, tmp_path, site_keys):
             headers=enroll_headers(info["token"], site_keys.key_id),
         )
         subjects.append((await resp.json())["subject"])
-    for _ in range(100):
-        if client.app[BRIDGE].connected.is_set():
-            break
-        await asyncio.sleep(0.05)
+    assert await asyncio.to_thread(client.app[BRIDGE].subscribed.wait, 10), "the bridge never subscribed"
     device = Device(broker.host, broker.port, "home", "door1")
     yield client, public_key_from_text(info["cloud_public_key"]), device, subjects
     device.close()
@@ -69,7 +68,7 @@ async def test_identify_round_trip(service, site_keys):
     assert reply.status == "ok" and reply.gallery_version == 4 and len(reply.results) == 1
     occupancy = [r.occupancy() for r in reply.results]
     match = decode_scan(site_keys, face, [r.ciphertext for r in reply.results], occupancy)
-    assert match.best.slot == 2
+    assert match.best is not None and match.best.slot == 2
     expected = np.linalg.norm(FACES - face, axis=1)
     assert np.allclose(match.distances[0, :4], expected, atol=1e-4)
     assert np.isnan(match.distances[0, 4:]).all()
@@ -78,13 +77,13 @@ async def test_identify_round_trip(service, site_keys):
 async def test_verify_mode(service, site_keys):
     client, cloud_key, device, subjects = service
     face = FACES[1]
-    req = device.probe(site_keys.key_id, encrypt_probe(site_keys, face), mode=MODE_VERIFY, subject=subjects[1])
+    req = device.probe(site_keys.key_id, encrypt_probe(site_keys, face), mode=Mode.VERIFY, subject=subjects[1])
     reply = open_reply((await reply_of(device)).payload, cloud_key)
     assert reply.request_id == req.request_id and reply.status == "ok" and len(reply.results) == 1
     occupied = reply.results[0].occupancy()
     assert occupied.sum() == 1 and occupied[1] == 1
     assert decode_verify(site_keys, reply.results[0].ciphertext) < 1e-2
-    req = device.probe(site_keys.key_id, encrypt_probe(site_keys, face), mode=MODE_VERIFY, subject="0" * 32)
+    req = device.probe(site_keys.key_id, encrypt_probe(site_keys, face), mode=Mode.VERIFY, subject="0" * 32)
     reply = open_reply((await reply_of(device)).payload, cloud_key)
     assert reply.status == "error" and reply.request_id == req.request_id
 
@@ -105,7 +104,7 @@ async def test_bad_payloads_refused_then_good_probe_answered(service, site_keys,
     reply = open_reply((await reply_of(device)).payload, cloud_key)
     assert reply.status == "error" and reply.request_id == bad_ct.request_id
     # unknown site (topic and header agree) and a wrong key id
-    stranger = Device(device.client._host, device.client._port, "nosuch", "door9")
+    stranger = Device(device.host, device.port, "nosuch", "door9")
     try:
         req = stranger.probe(site_keys.key_id, probe)
         reply = open_reply((await reply_of(stranger)).payload, cloud_key)
@@ -130,9 +129,8 @@ async def test_bad_payloads_refused_then_good_probe_answered(service, site_keys,
     req = device.probe(site_keys.key_id, probe)
     reply = open_reply((await reply_of(device)).payload, cloud_key)
     assert reply.status == "ok" and reply.request_id == req.request_id
-    await asyncio.sleep(0.3)
-    with pytest.raises(queue.Empty):
-        device.replies.get(timeout=0.2)
+    with pytest.raises(queue.Empty):  # nothing else arrives (a negative: it can only be waited out)
+        await asyncio.to_thread(device.replies.get, timeout=0.5)
     metrics = client.app[METRICS]
     assert metrics.get("blindgate_probes_refused_total", reason="expired") == 1
     assert metrics.get("blindgate_probes_dropped_total", reason="malformed") == 1
@@ -149,18 +147,16 @@ async def test_busy_when_queue_full(service, site_keys):
     statuses = {r.request_id: r.status for r in replies}
     assert set(statuses) == {r.request_id for r in requests}
     assert "busy" in statuses.values() and "ok" in statuses.values()
-    assert client.app[METRICS].get("blindgate_probes_busy_total") == list(statuses.values()).count("busy")
+    assert client.app[METRICS].get("blindgate_probes_busy_total") == list(statuses.values()).count(ReplyStatus.BUSY)
 
 
 async def test_resubscribes_after_broker_restart(service, broker, site_keys):
     client, cloud_key, device, _ = service
     bridge = client.app[BRIDGE]
     await asyncio.to_thread(broker.restart)
-    for _ in range(300):  # paho reconnects within its 1-10 s back-off
-        if bridge.connected.is_set() and device.client.is_connected():
-            break
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.5)  # the device's own resubscription
+    # paho reconnects within its 1-10 s back-off; both sides subscribe again by themselves.
+    await asyncio.to_thread(device.wait_subscribed, 30)
+    assert await asyncio.to_thread(bridge.subscribed.wait, 30), "the bridge did not subscribe again"
     req = device.probe(site_keys.key_id, encrypt_probe(site_keys, FACES[3]))
     reply = open_reply((await reply_of(device)).payload, cloud_key)
     assert reply.status == "ok" and reply.request_id == req.request_id

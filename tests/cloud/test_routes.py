@@ -1,4 +1,4 @@
-"""The cloud's HTTP API (shared/protocol.md) against the real engine and store, without MQTT."""
+"""The HTTP routes (cloud/routes.py, shared/protocol.md) against the real engine and store, without MQTT."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import time
 import pytest
 import pytest_asyncio
 
-from blindgate.cloud.app import MAX_ENROLLMENT_BYTES, POOL, create_app
+from blindgate.cloud.app import create_app
+from blindgate.cloud.resources import POOL
 from blindgate.shared.engine import decode_scan, encrypt_enrollment, encrypt_probe
+from blindgate.shared.limits import MAX_BUNDLE_BYTES, MAX_ENROLLMENT_BYTES
 from blindgate.shared.protocol import public_key_from_text
 
 from .conftest import cloud_config, embeddings, enroll_headers
@@ -50,7 +52,7 @@ async def scan_decodes(client, site_keys, faces, expect_slots):
         version, results = await pool.identify("home", site_keys.key_id, encrypt_probe(site_keys, face), 0)
         occupancy = [r.occupancy() for r in results]
         match = decode_scan(site_keys, face, [r.ciphertext for r in results], occupancy)
-        assert match.best.slot == slot and match.distance < 1e-2
+        assert match.best is not None and match.best.slot == slot and match.distance < 1e-2
 
 
 async def test_register_enroll_list_stats_remove(client, site_keys):
@@ -158,7 +160,7 @@ async def test_oversized_and_garbage_enrollment_keep_gallery(client, site_keys):
 
     # a bundle bigger than 32 MiB is refused before it is read
     huge = await client.post(
-        "/v1/sites/other", data=b"\x00" * (32 * 1024 * 1024 + 1), headers={"Authorization": f"Bearer {PROVISION}"}
+        "/v1/sites/other", data=b"\x00" * (MAX_BUNDLE_BYTES + 1), headers={"Authorization": f"Bearer {PROVISION}"}
     )
     assert huge.status == 413 and "error" in await huge.json()
 
@@ -169,7 +171,8 @@ async def test_healthz_fast_while_scanning(client, site_keys):
     pool = client.app[POOL]
     probe = encrypt_probe(site_keys, embeddings(1, seed=5)[0])
     scans = [asyncio.ensure_future(pool.identify("home", site_keys.key_id, probe, 0)) for _ in range(4)]
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # one loop turn: all four are in flight
+    assert pool.inflight == 4
     worst = 0.0
     while not all(s.done() for s in scans):
         started = time.perf_counter()

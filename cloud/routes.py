@@ -1,0 +1,302 @@
+"""The HTTP API's routes (shared/protocol.md): sites, subjects, stats, the cloud key, health and metrics.
+
+`add_routes(app)` registers them. Request bodies are read with an explicit limit per route (the
+evaluation bundle may be 32 MiB, an enrollment 400 KB, everything else nothing), so an oversized
+upload is answered 413 before it is buffered. Site routes need the site's bearer token, except
+registration, which needs the provision token when one is configured. The event loop never runs
+engine code: bundle parsing, enrollment and removal happen in the matcher's worker processes, store
+calls in threads, so `/healthz` answers at once while scans run.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hmac
+import logging
+import secrets
+import time
+
+from aiohttp import web
+
+from blindgate.shared.limits import MAX_BUNDLE_BYTES, MAX_ENROLLMENT_BYTES, MAX_LABEL_BYTES
+from blindgate.shared.protocol import ProtocolError, check_name, public_key_to_text
+
+from .http_errors import json_error, match_error
+from .matcher import MatchError
+from .resources import (
+    BRIDGE,
+    CONFIG,
+    METRICS,
+    POOL,
+    SIGNING_KEY,
+    SITE_LOCKS,
+    STARTED,
+    STORE,
+    SUBJECT_COUNTS,
+    in_thread,
+    lookup_site,
+    refresh_site,
+)
+from .store import SiteRecord, StoreConflict, UnknownSite, UnknownSubject, new_subject_id
+
+log = logging.getLogger("blindgate.cloud.app")
+
+READ_CHUNK = 64 * 1024
+
+
+async def read_body(request: web.Request, limit: int, what: str) -> bytes:
+    """The request body, refusing (413) anything over `limit` before buffering more than that."""
+    if request.content_length is not None and request.content_length > limit:
+        raise json_error(413, f"{what} is {request.content_length} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(READ_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise json_error(413, f"{what} is more than the {limit} bytes allowed")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def site_param(request: web.Request) -> str:
+    """The `{site}` of the path, checked as a protocol name (400 otherwise)."""
+    try:
+        return check_name(request.match_info["site"], "site id")
+    except ProtocolError as exc:
+        raise json_error(400, str(exc)) from None
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, if any."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+async def authorize_site(request: web.Request, site: str) -> None:
+    """401 unless the request carries the site's token (unknown sites look the same: no enumeration)."""
+    token = bearer_token(request)
+    if token is None:
+        raise json_error(401, "missing 'Authorization: Bearer <site token>' header")
+    if not await in_thread(request.app[STORE].check_token, site, token):
+        raise json_error(401, "wrong site token (or no such site)")
+
+
+async def current_site(request: web.Request, site: str) -> SiteRecord:
+    """The site's record as stored now (not cached): the base version of a gallery change."""
+    record = await in_thread(request.app[STORE].site, site)
+    if record is None:
+        raise json_error(404, f"site {site!r} is not registered")
+    return record
+
+
+def add_routes(app: web.Application) -> None:
+    """Register every endpoint of the API on `app`."""
+    app.router.add_post("/v1/sites/{site}", register_site)
+    app.router.add_post("/v1/sites/{site}/subjects", enroll_subject)
+    app.router.add_get("/v1/sites/{site}/subjects", list_subjects)
+    app.router.add_delete("/v1/sites/{site}/subjects/{subject}", remove_subject)
+    app.router.add_get("/v1/sites/{site}/stats", site_stats)
+    app.router.add_get("/v1/cloud-key", cloud_key)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+
+
+async def register_site(request: web.Request) -> web.Response:
+    """POST /v1/sites/{site}: register a site's evaluation bundle; answers its token and the cloud key (once)."""
+    app = request.app
+    site = site_param(request)
+    provision = app[CONFIG].provision_token
+    if provision:
+        offered = bearer_token(request) or ""
+        if not hmac.compare_digest(offered.encode(), provision.encode()):
+            raise json_error(401, "registering a site needs 'Authorization: Bearer <provision token>'")
+    if await lookup_site(app, site) is not None:
+        raise json_error(409, f"site {site!r} is already registered; its keys are never replaced")
+    bundle = await read_body(request, MAX_BUNDLE_BYTES, "evaluation bundle")
+    if not bundle:
+        raise json_error(400, "empty body: send the site's evaluation bundle (application/octet-stream)")
+    try:
+        key_id = await app[POOL].validate_bundle(bundle)
+    except MatchError as exc:
+        raise match_error(exc) from None
+    token = secrets.token_urlsafe(32)
+    try:
+        await in_thread(app[STORE].create_site, site, token, key_id, bundle)
+    except StoreConflict as exc:
+        raise json_error(409, str(exc)) from None
+    await refresh_site(app, site)
+    app[SUBJECT_COUNTS][site] = 0
+    app[METRICS].inc("blindgate_sites_registered_total")
+    log.info("site registered", extra={"site": site, "key_id": key_id})
+    return web.json_response(
+        {"site": site, "key_id": key_id, "token": token, "cloud_public_key": public_key_to_text(app[SIGNING_KEY].public_key())},
+        status=201,
+    )
+
+
+async def enroll_subject(request: web.Request) -> web.Response:
+    """POST /v1/sites/{site}/subjects: add one enrollment ciphertext to the gallery, with its encrypted label."""
+    app = request.app
+    site = site_param(request)
+    await authorize_site(request, site)
+    record = await lookup_site(app, site)
+    if record is None:
+        raise json_error(404, f"site {site!r} is not registered")
+    key_id = request.headers.get("X-Blindgate-Key-Id")
+    if not key_id:
+        raise json_error(400, "missing X-Blindgate-Key-Id header (the site's key id)")
+    if key_id != record.key_id:
+        raise json_error(409, f"key id {key_id!r} is not site {site!r}'s registered key id {record.key_id!r}")
+    label_b64 = request.headers.get("X-Blindgate-Label")
+    if label_b64 is None:
+        raise json_error(400, "missing X-Blindgate-Label header (base64 of the device-encrypted label)")
+    try:
+        label = base64.b64decode(label_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise json_error(400, "X-Blindgate-Label is not valid base64") from None
+    if len(label) > MAX_LABEL_BYTES:
+        raise json_error(413, f"label is {len(label)} bytes; the limit is {MAX_LABEL_BYTES}")
+    enrollment = await read_body(request, MAX_ENROLLMENT_BYTES, "enrollment ciphertext")
+    if not enrollment:
+        raise json_error(400, "empty body: send the enrollment ciphertext (application/octet-stream)")
+    started = time.perf_counter()
+    async with app[SITE_LOCKS][site]:
+        record = await current_site(request, site)
+        try:
+            base, ref, block = await app[POOL].prepare_enrollment(site, enrollment, record.version)
+        except MatchError as exc:
+            raise match_error(exc) from None
+        subject = new_subject_id()
+        try:
+            version = await in_thread(
+                functools.partial(
+                    app[STORE].commit_enrollment,
+                    site,
+                    subject,
+                    label,
+                    ref,
+                    enrollment,
+                    ref.block,
+                    block,
+                    expected_version=base,
+                )
+            )
+        except StoreConflict as exc:
+            raise json_error(409, f"{exc}; retry") from None
+        except UnknownSite as exc:
+            raise json_error(404, str(exc)) from None
+        await refresh_site(app, site)
+    app[SUBJECT_COUNTS][site] = app[SUBJECT_COUNTS].get(site, 0) + 1
+    app[METRICS].inc("blindgate_enrollments_total")
+    app[METRICS].observe_enroll(time.perf_counter() - started)
+    log.info(
+        "subject enrolled",
+        extra={"site": site, "subject": subject, "block": ref.block, "slot": ref.slot, "gallery_version": version},
+    )
+    return web.json_response({"subject": subject, "block": ref.block, "slot": ref.slot, "gallery_version": version}, status=201)
+
+
+async def list_subjects(request: web.Request) -> web.Response:
+    """GET /v1/sites/{site}/subjects: the subject directory with the gallery version it belongs to."""
+    app = request.app
+    site = site_param(request)
+    await authorize_site(request, site)
+    try:
+        version, subjects = await in_thread(app[STORE].directory, site)
+    except UnknownSite as exc:
+        raise json_error(404, str(exc)) from None
+    return web.json_response(
+        {
+            "gallery_version": version,
+            "subjects": [
+                {
+                    "subject": s.subject_id,
+                    "label": base64.b64encode(s.label).decode(),
+                    "block": s.block,
+                    "slot": s.slot,
+                    "created": s.created,
+                }
+                for s in subjects
+            ],
+        }
+    )
+
+
+async def remove_subject(request: web.Request) -> web.Response:
+    """DELETE /v1/sites/{site}/subjects/{subject}: take a subject's template out of the gallery."""
+    app = request.app
+    site = site_param(request)
+    subject = request.match_info["subject"]
+    await authorize_site(request, site)
+    async with app[SITE_LOCKS][site]:
+        record = await current_site(request, site)
+        try:
+            base, index, block = await app[POOL].prepare_removal(site, subject, record.version)
+            version = await in_thread(
+                functools.partial(app[STORE].commit_removal, site, subject, index, block, expected_version=base)
+            )
+        except MatchError as exc:
+            raise match_error(exc) from None
+        except UnknownSubject as exc:
+            raise json_error(404, str(exc)) from None
+        except StoreConflict as exc:
+            raise json_error(409, f"{exc}; retry") from None
+        await refresh_site(app, site)
+    app[SUBJECT_COUNTS][site] = max(0, app[SUBJECT_COUNTS].get(site, 1) - 1)
+    app[METRICS].inc("blindgate_removals_total")
+    log.info("subject removed", extra={"site": site, "subject": subject, "gallery_version": version})
+    return web.json_response({"gallery_version": version})
+
+
+async def site_stats(request: web.Request) -> web.Response:
+    """GET /v1/sites/{site}/stats: sizes of the site's gallery."""
+    app = request.app
+    site = site_param(request)
+    await authorize_site(request, site)
+    try:
+        stats = await in_thread(app[STORE].stats, site)
+    except UnknownSite as exc:
+        raise json_error(404, str(exc)) from None
+    record = await current_site(request, site)
+    return web.json_response(
+        {
+            "subjects": stats["subjects"],
+            "blocks": stats["blocks"],
+            "gallery_version": stats["version"],
+            "key_id": record.key_id,
+            "bytes": stats["bytes"],
+        }
+    )
+
+
+async def cloud_key(request: web.Request) -> web.Response:
+    """GET /v1/cloud-key: the public key devices verify replies with."""
+    return web.json_response({"cloud_public_key": public_key_to_text(request.app[SIGNING_KEY].public_key())})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness and a few cheap facts; touches neither the store nor the workers."""
+    app = request.app
+    bridge = app.get(BRIDGE)
+    return web.json_response(
+        {
+            "status": "ok",
+            "uptime_s": round(time.time() - app[STARTED], 1),
+            "sites": len(app[SUBJECT_COUNTS]),
+            "workers": app[POOL].workers,
+            "queue": app[POOL].inflight,
+            "mqtt_connected": bool(bridge and bridge.connected.is_set()) if bridge else None,
+        }
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: the Prometheus exposition."""
+    return web.Response(
+        text=request.app[METRICS].render(),
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )

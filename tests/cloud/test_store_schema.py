@@ -1,0 +1,289 @@
+"""The gallery store's file (cloud/store_schema.py): schema, pragmas, transactions, versions, crashes.
+
+Ends with real `kill -9` crashes of a process that enrolls without pause: after each, the file
+opens as it was at the last commit, with every printed version there and nothing half-written.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+import select
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from blindgate.cloud.store import GalleryStore
+from blindgate.cloud.store_schema import SCHEMA_VERSION, StoreDatabase, StoreError
+from blindgate.shared.engine.gallery import SlotRef
+
+SUBJECT_SQL = (
+    "INSERT INTO subject (site_id, subject_id, label, block, slot, enrollment, created) VALUES (?, ?, x'00', ?, 0, x'00', 0)"
+)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "gallery.db"
+
+
+def test_pragmas_wal_full_and_foreign_keys(db_path: Path) -> None:
+    database = StoreDatabase(db_path)
+    try:
+        db = database.connection
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        database.close()
+    assert db_path.stat().st_mode & 0o777 == 0o600
+
+
+def test_slot_uniqueness_is_a_database_constraint(db_path: Path) -> None:
+    database = StoreDatabase(db_path)
+    try:
+        with database.write() as db:
+            db.execute("INSERT INTO site VALUES ('s', 'k', zeroblob(32), x'00', 0, 0)")
+            db.execute("INSERT INTO block (site_id, idx, data) VALUES ('s', 0, x'00')")
+            db.execute(SUBJECT_SQL, ("s", "first", 0))
+        with pytest.raises(StoreError, match="UNIQUE"), database.write() as db:
+            db.execute(SUBJECT_SQL, ("s", "dup", 0))
+        with pytest.raises(StoreError, match="FOREIGN KEY"), database.write() as db:  # a subject lives in a stored block
+            db.execute(SUBJECT_SQL, ("s", "orphan", 5))
+        with database.read() as db:
+            assert db.execute("SELECT subject_id FROM subject").fetchall() == [("first",)]
+    finally:
+        database.close()
+
+
+def test_write_rolls_back_whole_on_any_error(db_path: Path) -> None:
+    database = StoreDatabase(db_path)
+    try:
+        with pytest.raises(RuntimeError, match="midway"), database.write() as db:
+            db.execute("INSERT INTO site VALUES ('s', 'k', zeroblob(32), x'00', 0, 0)")
+            raise RuntimeError("midway")
+        assert not database.in_transaction
+        with database.read() as db:
+            assert db.execute("SELECT count(*) FROM site").fetchone()[0] == 0
+    finally:
+        database.close()
+
+
+def test_closed_store_raises(db_path: Path) -> None:
+    database = StoreDatabase(db_path)
+    database.close()
+    database.close()  # idempotent
+    with pytest.raises(StoreError, match="closed"), database.read():
+        pass
+    with pytest.raises(StoreError, match="closed"), database.write():
+        pass
+    store = GalleryStore(db_path)
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.sites()
+
+
+def test_readonly_needs_an_existing_store_and_cannot_write(db_path: Path) -> None:
+    with pytest.raises(StoreError, match="for reading"):
+        StoreDatabase(db_path, readonly=True)
+    StoreDatabase(db_path).close()
+    reader = StoreDatabase(db_path, readonly=True)
+    try:
+        with pytest.raises(StoreError), reader.write() as db:
+            db.execute("INSERT INTO site VALUES ('s', 'k', zeroblob(32), x'00', 0, 0)")
+    finally:
+        reader.close()
+
+
+def test_newer_schema_is_refused_clearly(db_path: Path) -> None:
+    StoreDatabase(db_path).close()
+    with sqlite3.connect(db_path) as raw:
+        raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    raw.close()
+    with pytest.raises(StoreError, match=f"newer blindgate.*schema {SCHEMA_VERSION + 1}.*upgrade"):
+        StoreDatabase(db_path)
+
+
+def test_foreign_files_are_refused(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    raw = sqlite3.connect(other)
+    raw.execute("CREATE TABLE notes (text TEXT)")
+    raw.commit()
+    raw.close()
+    with pytest.raises(StoreError, match="not a blindgate gallery store"):
+        StoreDatabase(other)
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(StoreError, match="not a blindgate gallery store"):
+        StoreDatabase(garbage)
+
+
+# -- kill -9 ------------------------------------------------------------------------------------
+
+PER_BLOCK = 3
+
+# The child: enroll forever, ~1-2 MB blocks whose bytes say which version wrote them and how many
+# subjects the block holds, printing each committed version. Killed with SIGKILL at random moments.
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from blindgate.cloud.store import GalleryStore
+    from blindgate.shared.engine.gallery import SlotRef
+    from tests_kill_helpers import PER_BLOCK, fake_block, fake_enrollment
+
+    store = GalleryStore(sys.argv[1])
+    if store.site("s") is None:
+        store.create_site("s", "token", "key", b"bundle" * 1000)
+    version = store.site("s").version
+    print("ready", version, flush=True)
+    while True:
+        n = version  # only enrollments here: subject n is the (n+1)-th
+        ref = SlotRef(n // PER_BLOCK, n % PER_BLOCK)
+        version = store.commit_enrollment(
+            "s", "subject-%06d" % n, b"label-%d" % n, ref, fake_enrollment(n),
+            ref.block, fake_block(version + 1, ref.block, ref.slot + 1),
+        )
+        print(version, flush=True)
+    """
+)
+
+HELPERS = textwrap.dedent(
+    """
+    PER_BLOCK = {per_block}
+    HEAD = len(b"<v=00000000 i=000000 c=000>")
+
+    def fake_block(version, index, count):
+        head = b"<v=%08d i=%06d c=%03d>" % (version, index, count)
+        size = 1_000_000 + (version * 7919) % 1_000_000  # 1-2 MB
+        return head + bytes([version % 251]) * size + head
+
+    def parse_block(data):
+        head = data[:HEAD]
+        assert data[-HEAD:] == head, "torn block"
+        version, index, count = (int(part.split(b"=")[1]) for part in head[1:-1].split())
+        body = data[HEAD:-HEAD]
+        assert len(body) == 1_000_000 + (version * 7919) % 1_000_000, "block of the wrong size"
+        assert body == bytes([version % 251]) * len(body), "block body is not what version %d wrote" % version
+        return version, index, count
+
+    def fake_enrollment(n):
+        return (b"enrollment %d;" % n) * 100
+    """
+)
+
+
+def _read_lines(proc: subprocess.Popen[bytes], lines: list[str], buffer: bytearray, timeout: float) -> None:
+    """Append the child's complete stdout lines that arrive within `timeout` seconds."""
+    assert proc.stdout is not None and proc.stderr is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if ready:
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        if not chunk:
+            raise AssertionError(f"child exited early (rc={proc.wait()}): {proc.stderr.read().decode()}")
+        buffer += chunk
+        *complete, rest = buffer.split(b"\n")
+        lines += [line.decode() for line in complete]
+        buffer[:] = rest
+
+
+def _check_consistent(db_path: Path, printed: int, helpers) -> int:
+    """Open after a crash and check: clean, every printed version there, no half-written enrollment."""
+    with GalleryStore(db_path) as store:
+        assert store.integrity_check() == []
+        site = store.site("s")
+        if site is None:  # killed before the site was created
+            assert printed == 0
+            return 0
+        version = site.version
+        assert version >= printed, f"committed version {printed} was printed but the store has {version}"
+        subjects = store.subjects("s")
+        assert len(subjects) == version
+        assert [s.subject_id for s in subjects] == [f"subject-{n:06d}" for n in range(version)]
+        for n, subject in enumerate(subjects):
+            assert subject.ref == SlotRef(n // PER_BLOCK, n % PER_BLOCK)
+            assert subject.label == b"label-%d" % n
+        for n in (0, version - 1) if version else ():
+            assert store.enrollment("s", f"subject-{n:06d}") == helpers.fake_enrollment(n)
+        blocks = store.blocks("s")
+        assert len(blocks) == -(-version // PER_BLOCK)
+        for index, data in enumerate(blocks):
+            written_by, block_index, count = helpers.parse_block(data)
+            in_block = [s for s in subjects if s.block == index]
+            assert (block_index, count) == (index, len(in_block))
+            # the block was last written by the enrollment of its last subject
+            assert written_by == index * PER_BLOCK + count
+        assert store.stats("s")["version"] == version
+        return version
+
+
+@pytest.mark.timeout(180)
+def test_kill_9_never_loses_or_half_writes_an_enrollment(tmp_path: Path) -> None:
+    (tmp_path / "tests_kill_helpers.py").write_text(HELPERS.format(per_block=PER_BLOCK))
+    spec = importlib.util.spec_from_file_location("tests_kill_helpers", tmp_path / "tests_kill_helpers.py")
+    assert spec is not None and spec.loader is not None
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    child = tmp_path / "child.py"
+    child.write_text(CHILD)
+    db_path = tmp_path / "crash.db"
+
+    seed = int.from_bytes(os.urandom(4), "little")
+    rng = random.Random(seed)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    version = 0
+    # Round 0 kills blind, possibly before or while the schema and site are created; the others
+    # wait for some committed lines, then kill a random few milliseconds later (mid-commit,
+    # mid-checkpoint, mid-print...).
+    plans = [("blind", rng.uniform(0.0, 0.5))] + [("after", rng.randint(1, 8)) for _ in range(5)]
+    for round_, (how, when) in enumerate(plans):
+        proc = subprocess.Popen(
+            [sys.executable, str(child), str(db_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=tmp_path,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        lines: list[str] = []
+        buffer = bytearray()
+        try:
+            deadline = time.monotonic() + 60
+            if how == "blind":
+                time.sleep(when)
+            else:
+                while len(lines) < 1 + when:
+                    assert time.monotonic() < deadline, f"child too slow: {lines}"
+                    _read_lines(proc, lines, buffer, 1.0)
+                time.sleep(rng.uniform(0.0, 0.03))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            # collect what it printed before dying
+            rest = proc.stdout.read()
+            buffer += rest
+            lines += [line.decode() for line in bytes(buffer).split(b"\n") if line]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
+        assert proc.returncode == -signal.SIGKILL, (how, when, proc.returncode)
+        context = f"seed {seed}, round {round_} ({how} {when}), output {lines[:3]}...{lines[-3:]}"
+        if lines:
+            assert lines[0] == f"ready {version}", context
+        committed = [int(line) for line in lines[1:]]
+        assert committed == list(range(version + 1, version + 1 + len(committed))), context
+        printed = committed[-1] if committed else version
+        try:
+            version = _check_consistent(db_path, printed, helpers)
+        except AssertionError as exc:
+            raise AssertionError(f"{context}: {exc}") from exc
+    assert version >= sum(when for how, when in plans if how == "after")
