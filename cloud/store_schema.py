@@ -28,7 +28,7 @@ from pathlib import Path
 
 from blindgate.shared.errors import BlindgateError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # "BGGS" (BlindGate Gallery Store) in PRAGMA application_id: tells our files from other SQLite files.
 APPLICATION_ID = 0x42474753
 # Seconds a write waits for another connection's lock (a backup or an inspecting sqlite3 shell).
@@ -63,10 +63,39 @@ CREATE TABLE subject (
     slot       INTEGER NOT NULL CHECK (slot >= 0),
     enrollment BLOB NOT NULL,
     created    REAL NOT NULL,
+    -- the template and name sealed by the device (AEAD under a site key the cloud never holds):
+    -- opaque here, handed back so the device can re-check a match in plaintext
+    sealed     BLOB NOT NULL DEFAULT x'',
     UNIQUE (site_id, subject_id),
     UNIQUE (site_id, block, slot),
     -- a subject always lives in a stored block
     FOREIGN KEY (site_id, block) REFERENCES block (site_id, idx)
+);
+"""
+# Schema 2: door request keys, and the staging area of a site's key renewal (rekey).
+SCHEMA_2 = """
+CREATE TABLE door (
+    site_id    TEXT NOT NULL REFERENCES site (site_id) ON DELETE CASCADE,
+    door_id    TEXT NOT NULL CHECK (length(door_id) > 0),
+    public_key BLOB NOT NULL CHECK (length(public_key) = 32),
+    created    REAL NOT NULL,
+    PRIMARY KEY (site_id, door_id)
+);
+
+CREATE TABLE rekey (
+    site_id TEXT PRIMARY KEY NOT NULL REFERENCES site (site_id) ON DELETE CASCADE,
+    key_id  TEXT NOT NULL CHECK (length(key_id) > 0),
+    bundle  BLOB NOT NULL,
+    created REAL NOT NULL
+);
+
+CREATE TABLE rekey_subject (
+    site_id    TEXT NOT NULL REFERENCES rekey (site_id) ON DELETE CASCADE,
+    subject_id TEXT NOT NULL CHECK (length(subject_id) > 0),
+    label      BLOB NOT NULL,
+    enrollment BLOB NOT NULL,
+    sealed     BLOB NOT NULL,
+    PRIMARY KEY (site_id, subject_id)
 );
 """
 
@@ -230,10 +259,21 @@ class StoreDatabase:
             # Re-read under the write lock: another process may have created the schema meanwhile.
             current = db.execute("PRAGMA user_version").fetchone()[0]
             if current == 0:
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                _execute_script(db, SCHEMA)
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif current != SCHEMA_VERSION:  # pragma: no cover - no older schema exists yet
+                current = 1
+            if current == 1:
+                if "sealed" not in {row[1] for row in db.execute("PRAGMA table_info(subject)")}:
+                    db.execute("ALTER TABLE subject ADD COLUMN sealed BLOB NOT NULL DEFAULT x''")
+                _execute_script(db, SCHEMA_2)
+                current = 2
+            if current != SCHEMA_VERSION:  # pragma: no cover - every older schema is handled above
                 raise StoreError(f"{self.path}: no migration from store schema {current}")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _execute_script(db: sqlite3.Connection, script: str) -> None:
+    """Run `;`-separated DDL statements inside the caller's transaction (executescript would commit)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)

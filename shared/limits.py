@@ -27,6 +27,10 @@ MAX_ENROLLMENT_BYTES = 400 * 1024
 # A device-encrypted subject label, decoded: a name, a 12-byte nonce and a 16-byte tag fit easily.
 MAX_LABEL_BYTES = 1024
 
+# A template sealed by the device (device/sealing.py): 4 + 4 + 12 bytes of header, a 16-byte tag,
+# 2 + 8 x dim bytes of template (4 KB at 512 values) and a name of at most 1 KB.
+MAX_SEALED_BYTES = 8 * 1024
+
 # One serialized level-1 ciphertext at N=8192 (2 polynomials x 2 primes x 8192 coefficients x 8
 # bytes, uncompressed) plus SEAL's headers: the largest diagonal a gallery block can hold.
 MAX_BLOCK_CIPHERTEXT_BYTES = 2 * 2 * 8192 * 8 + 4096

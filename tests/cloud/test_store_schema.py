@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from blindgate.cloud.store import GalleryStore
-from blindgate.cloud.store_schema import SCHEMA_VERSION, StoreDatabase, StoreError
+from blindgate.cloud.store_schema import APPLICATION_ID, SCHEMA_VERSION, StoreDatabase, StoreError
 from blindgate.shared.engine.gallery import SlotRef
 
 SUBJECT_SQL = (
@@ -287,3 +287,37 @@ def test_kill_9_never_loses_or_half_writes_an_enrollment(tmp_path: Path) -> None
         except AssertionError as exc:
             raise AssertionError(f"{context}: {exc}") from exc
     assert version >= sum(when for how, when in plans if how == "after")
+
+
+def test_a_schema_1_store_migrates_to_2_keeping_everything(db_path: Path) -> None:
+    # A file as the first release wrote it: schema 1, no `sealed` column, no door or rekey tables.
+    db_path.parent.mkdir(parents=True)
+    raw = sqlite3.connect(db_path)
+    raw.executescript(SCHEMA_1)
+    raw.execute("INSERT INTO site VALUES ('s', 'k', zeroblob(32), x'00', 1, 0)")
+    raw.execute("INSERT INTO block (site_id, idx, data) VALUES ('s', 0, x'00')")
+    raw.execute(SUBJECT_SQL, ("s", "kept", 0))
+    raw.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
+
+    with GalleryStore(db_path) as store:
+        assert [s.subject_id for s in store.subjects("s")] == ["kept"]
+        db = store.database.connection
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert "sealed" in {row[1] for row in db.execute("PRAGMA table_info(subject)")}
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"door", "rekey", "rekey_subject"} <= tables
+
+
+SCHEMA_1 = """
+CREATE TABLE site (site_id TEXT PRIMARY KEY NOT NULL, key_id TEXT NOT NULL, token_hash BLOB NOT NULL,
+                   bundle BLOB NOT NULL, version INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL);
+CREATE TABLE block (id INTEGER PRIMARY KEY, site_id TEXT NOT NULL REFERENCES site (site_id) ON DELETE CASCADE,
+                    idx INTEGER NOT NULL, data BLOB NOT NULL, UNIQUE (site_id, idx));
+CREATE TABLE subject (id INTEGER PRIMARY KEY, site_id TEXT NOT NULL REFERENCES site (site_id) ON DELETE CASCADE,
+                      subject_id TEXT NOT NULL, label BLOB NOT NULL, block INTEGER NOT NULL, slot INTEGER NOT NULL,
+                      enrollment BLOB NOT NULL, created REAL NOT NULL, UNIQUE (site_id, subject_id),
+                      UNIQUE (site_id, block, slot), FOREIGN KEY (site_id, block) REFERENCES block (site_id, idx));
+"""

@@ -1,0 +1,124 @@
+"""Templates sealed by the device: the check a lying cloud cannot pass.
+
+The cloud holds the evaluation keys, so from a probe Enc(x) it can compute Enc(-|x|^2) and make
+any slot decode to distance 0; a signature only says who sent that. So at enrollment the device
+also seals the template it enrolls, with the person's name, under AES-256-GCM with the site's
+template key (`template.key`, 0600 in the state directory; the site's doors hold it, the cloud
+never does). The cloud stores the sealed blob beside the encrypted enrollment and hands it back
+on request. Before unlocking, the device opens the matched subject's blob and recomputes the
+distance to the live face in plaintext (`plaintext_distance`): a cloud that lies about the scan
+cannot make a stranger close to a template it cannot forge.
+
+The associated data binds a blob to its site, subject id, CKKS key id and template version, so
+a blob moved to another subject, another site or another key set does not open. Layout:
+`BGT1 | template version (u32) | nonce (12) | AES-GCM(dim (u16) | float64 x dim | name utf-8)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from blindgate.shared.errors import BlindgateError
+from blindgate.shared.limits import MAX_SEALED_BYTES
+
+from .labels import write_private
+
+KEY_FILE = "template.key"
+MAGIC = b"BGT1"
+NONCE_BYTES = 12
+_HEAD = struct.Struct("<4sI")
+_AD_CONTEXT = b"blindgate-sealed-template-v1\x00"
+
+
+class SealError(BlindgateError, ValueError):
+    """A sealed template that cannot be made or opened: altered, moved, or sealed with another key."""
+
+
+@dataclass(frozen=True)
+class SealedTemplate:
+    """An opened sealed template: whose it is, under which keys, and the enrolled values."""
+
+    subject: str
+    key_id: str
+    version: int
+    label: str
+    template: np.ndarray = field(repr=False)
+
+
+def plaintext_distance(template: np.ndarray, embedding: np.ndarray) -> float:
+    """The Euclidean distance the encrypted scan claims to have computed, recomputed on the device."""
+    return float(np.linalg.norm(np.asarray(template, dtype=np.float64) - np.asarray(embedding, dtype=np.float64)))
+
+
+class TemplateSealer:
+    """Seals and opens one site's templates with the site's template key."""
+
+    def __init__(self, key: bytes, site: str) -> None:
+        if len(key) != 32:
+            raise SealError(f"template key must be 32 bytes, got {len(key)}")
+        self._aead = AESGCM(key)
+        self.site = site
+
+    @staticmethod
+    def create_key(state_dir: str | Path) -> Path:
+        """A new template key in `state_dir` (0600); refuses to replace one (its blobs would not open)."""
+        path = Path(state_dir) / KEY_FILE
+        try:
+            write_private(path, AESGCM.generate_key(bit_length=256))
+        except FileExistsError:
+            raise SealError(f"{path} already exists: templates sealed with it would no longer open") from None
+        return path
+
+    @classmethod
+    def load(cls, state_dir: str | Path, site: str) -> TemplateSealer:
+        path = Path(state_dir) / KEY_FILE
+        try:
+            key = path.read_bytes()
+        except FileNotFoundError:
+            raise SealError(f"template key {path} not found: run `blindgate-device init` first") from None
+        return cls(key, site)
+
+    def _ad(self, subject: str, key_id: str, version: int) -> bytes:
+        record = {"site": self.site, "subject": subject, "key_id": key_id, "version": version}
+        return _AD_CONTEXT + json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+
+    def seal(self, subject: str, key_id: str, template: np.ndarray, label: str, version: int = 1) -> bytes:
+        """The blob the cloud keeps for `subject`: the template and name, readable only by the site."""
+        values = np.asarray(template, dtype="<f8")
+        if values.ndim != 1 or not 2 <= values.size <= 4096 or not np.all(np.isfinite(values)):
+            raise SealError(f"a template is a finite vector of 2 to 4096 values, got shape {values.shape}")
+        if not 1 <= version < 2**32:
+            raise SealError(f"template version must be 1 to 2^32-1, got {version}")
+        plain = struct.pack("<H", values.size) + values.tobytes() + label.encode("utf-8")
+        nonce = os.urandom(NONCE_BYTES)
+        blob = _HEAD.pack(MAGIC, version) + nonce + self._aead.encrypt(nonce, plain, self._ad(subject, key_id, version))
+        if len(blob) > MAX_SEALED_BYTES:
+            raise SealError(f"sealed template is {len(blob)} bytes, more than the {MAX_SEALED_BYTES} allowed (name too long?)")
+        return blob
+
+    def open(self, blob: bytes, subject: str, key_id: str) -> SealedTemplate:
+        """Open `subject`'s blob sealed under `key_id`; SealError if it was altered, moved or forged."""
+        if not isinstance(blob, (bytes, bytearray)) or not _HEAD.size + NONCE_BYTES + 16 <= len(blob) <= MAX_SEALED_BYTES:
+            raise SealError("not a sealed template (wrong size)")
+        magic, version = _HEAD.unpack_from(blob)
+        if magic != MAGIC:
+            raise SealError("not a sealed template (bad magic)")
+        nonce = bytes(blob[_HEAD.size : _HEAD.size + NONCE_BYTES])
+        try:
+            plain = self._aead.decrypt(nonce, bytes(blob[_HEAD.size + NONCE_BYTES :]), self._ad(subject, key_id, version))
+        except InvalidTag:
+            raise SealError(f"sealed template of {subject!r} does not open: altered, moved, or not sealed by this site") from None
+        (dim,) = struct.unpack_from("<H", plain)
+        end = 2 + 8 * dim
+        template = np.frombuffer(plain[2:end], dtype="<f8").astype(np.float64)
+        return SealedTemplate(
+            subject=subject, key_id=key_id, version=version, label=plain[end:].decode("utf-8"), template=template
+        )
