@@ -45,7 +45,14 @@ from blindgate.cloud.app import DB_NAME, load_or_create_signing_key  # noqa: E40
 from blindgate.cloud.store import GalleryStore, new_subject_id  # noqa: E402
 from blindgate.shared.engine import decode_scan, encrypt_block, encrypt_enrollment, encrypt_probe, generate_site_keys  # noqa: E402
 from blindgate.shared.launch import CloudService, start_broker  # noqa: E402
-from blindgate.shared.protocol import encode_probe_request, new_probe_request, open_reply, probe_topic, reply_topic  # noqa: E402
+from blindgate.shared.protocol import (  # noqa: E402
+    encode_probe_request,
+    new_probe_request,
+    new_signing_key,
+    open_reply,
+    probe_topic,
+    reply_topic,
+)
 
 SITE = "bench"
 
@@ -54,11 +61,13 @@ def progress(message: str) -> None:
     print(f"[cloud_load] {message}", file=sys.stderr, flush=True)
 
 
-def build_gallery(state_dir: Path, keys, faces: np.ndarray) -> None:
-    """Register the site and bulk-import `faces` into its gallery, 4096 per block."""
+def build_gallery(state_dir: Path, keys, faces: np.ndarray, doors: dict | None = None) -> None:
+    """Register the site (and `doors`: name -> request-signing key), bulk-import `faces`, 4096 per block."""
     slots = keys.params.slots
     with GalleryStore(state_dir / DB_NAME) as store:
         store.create_site(SITE, secrets.token_urlsafe(32), keys.key_id, keys.evaluation_bytes)
+        for name, door_key in (doors or {}).items():
+            store.doors.put(SITE, name, door_key.public_key().public_bytes_raw())
         for index, start in enumerate(range(0, len(faces), slots)):
             chunk = faces[start : start + slots]
             block = encrypt_block(keys, chunk)
@@ -70,8 +79,9 @@ def build_gallery(state_dir: Path, keys, faces: np.ndarray) -> None:
 
 
 class Device:
-    def __init__(self, name: str, host: str, port: int, results: queue.Queue) -> None:
+    def __init__(self, name: str, host: str, port: int, results: queue.Queue, door_key) -> None:
         self.name = name
+        self.door_key = door_key  # registered by build_gallery
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{name}-{os.getpid()}", protocol=mqtt.MQTTv5)
         ready = threading.Event()
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(reply_topic(SITE, name), qos=1)
@@ -88,7 +98,7 @@ class Device:
         props.ResponseTopic = reply_topic(SITE, self.name)
         props.CorrelationData = bytes.fromhex(req.request_id)
         props.MessageExpiryInterval = math.ceil(ttl)
-        self.client.publish(probe_topic(SITE, self.name), encode_probe_request(req), qos=1, properties=props)
+        self.client.publish(probe_topic(SITE, self.name), encode_probe_request(req, self.door_key), qos=1, properties=props)
         return req
 
     def close(self) -> None:
@@ -124,7 +134,8 @@ def main() -> int:
     keys = generate_site_keys()
     faces = rng.normal(0, 0.09, (args.gallery, 128))
     started = time.perf_counter()
-    build_gallery(state_dir, keys, faces)
+    door_keys = {f"door{i}": new_signing_key() for i in range(args.devices)}  # each door's request-signing key
+    build_gallery(state_dir, keys, faces, door_keys)
     import_seconds = time.perf_counter() - started
     progress(f"gallery of {args.gallery} imported in {import_seconds:.1f} s")
 
@@ -153,7 +164,7 @@ def main() -> int:
             cloud_key = public_key_from_text(json.load(resp)["cloud_public_key"])
 
         replies: queue.Queue = queue.Queue()
-        devices = [Device(f"door{i}", broker.host, broker.port, replies) for i in range(args.devices)]
+        devices = [Device(name, broker.host, broker.port, replies, door_key) for name, door_key in door_keys.items()]
 
         # Warm-up: one probe loads the gallery into every worker (not counted).
         for _ in range(args.workers):

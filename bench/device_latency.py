@@ -61,8 +61,10 @@ def main() -> int:
     from blindgate.device.decision import VerdictKind
     from blindgate.device.directory import SubjectDirectory
     from blindgate.device.faces import FaceAnalyzer, load_image
+    from blindgate.device.integrity import TemplateCheck
     from blindgate.device.labels import LabelCipher
     from blindgate.device.lock import Lock
+    from blindgate.device.sealing import TemplateSealer
     from blindgate.shared.config import DecisionConfig, DeviceConfig
     from blindgate.shared.engine import Block, encrypt_block, encrypt_probe, generate_site_keys, scan_blocks
     from blindgate.shared.protocol import (
@@ -74,6 +76,7 @@ def main() -> int:
         new_probe_request,
         new_signing_key,
         seal_reply,
+        verify_probe_request,
     )
 
     analyzer = FaceAnalyzer()
@@ -98,14 +101,26 @@ def main() -> int:
             for i in range(args.gallery)
         ],
     }
+    TemplateSealer.create_key(state)
+    sealer = TemplateSealer.load(state, "home")
+    # The sealed templates the cloud would hand back; the agent fetches one per subject and gallery
+    # version (over HTTP in the real system, ~1.5 ms on loopback), then uses its cache.
+    sealed = {f"s{i}": sealer.seal(f"s{i}", keys.key_id, templates[i], f"person {i}") for i in range(args.gallery)}
     signer = new_signing_key()
+    door_key = new_signing_key()  # the door's request-signing key, "registered" with this stand-in cloud
     config = DeviceConfig(site="home", device_id="door1", decision=DecisionConfig(reply_timeout=5.0))
     agent = Agent(
-        config, keys, signer.public_key(), SubjectDirectory(lambda: listing, labels), Lock("GPIO17", pin_factory="mock")
+        config,
+        keys,
+        signer.public_key(),
+        SubjectDirectory(lambda: listing, labels),
+        Lock("GPIO17", pin_factory="mock"),
+        TemplateCheck(sealed.__getitem__, sealer, keys.key_id, config.decision),
+        door_key=door_key,
     )
 
     def cloud_answer(payload: bytes) -> bytes:
-        req = decode_probe_request(payload)
+        req = verify_probe_request(decode_probe_request(payload), door_key.public_key())
         (ct,) = scan_blocks(evaluation, [block], req.probe)
         reply = Reply(
             ReplyStatus.OK,
@@ -116,6 +131,9 @@ def main() -> int:
             1,
             time.time() + 10,
             (BlockResult.of(0, block.occupied, ct),),
+            probe_sha256=req.probe_sha256,
+            mode=str(req.mode),
+            subject=req.subject,
         )
         return seal_reply(reply, signer)
 
@@ -126,7 +144,7 @@ def main() -> int:
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
-        from tests.broker import start_broker
+        from blindgate.shared.launch import start_broker
 
         broker = start_broker(Path(tempfile.mkdtemp(prefix="bg-bench-mqtt-")))
         config.mqtt.host, config.mqtt.port = broker.host, broker.port
@@ -151,7 +169,7 @@ def main() -> int:
         t1 = time.perf_counter()
         req = new_probe_request("home", "door1", keys.key_id, ciphertext, ttl=5.0)
         agent.pending.add(req)
-        payload = cloud_answer(encode_probe_request(req))
+        payload = cloud_answer(encode_probe_request(req, door_key))
         t2 = time.perf_counter()
         verdict = agent.handle_reply(payload, False, embedding)
         return verdict, {

@@ -12,7 +12,9 @@ from aiohttp import web
 from blindgate.shared.config import CloudConfig
 from blindgate.shared.limits import MAX_BUNDLE_BYTES
 
+from .doors import add_door_routes
 from .http_errors import error_middleware
+from .rekey import add_rekey_routes
 from .resources import (
     BRIDGE,
     DB_NAME,
@@ -43,6 +45,8 @@ def create_app(config: CloudConfig, *, mqtt: bool = True) -> web.Application:
         app.cleanup_ctx.append(bridge_ctx)
     add_gauges(app)
     add_routes(app)
+    add_rekey_routes(app)
+    add_door_routes(app)
     return app
 
 

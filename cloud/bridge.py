@@ -6,7 +6,11 @@ sealed (signed) and published to the request's ResponseTopic with its Correlatio
 MessageExpiryInterval of `reply_ttl`, QoS 1 and never retained.
 
 Refusals follow shared/protocol.md: expired or malformed requests, unknown sites or key ids get an
-error reply when a ResponseTopic exists, otherwise they are dropped and counted. A ResponseTopic
+error reply when a ResponseTopic exists, otherwise they are dropped and counted. Nothing is
+scanned unless its door signed it (cloud/request_auth.py): the signed topic must be the one it
+arrived on, it must be fresh, and a replayed request id is dropped (no second scan). The signed
+reply names the SHA-256 of the probe scanned, and the mode and subject, so a device can refuse
+a reply to a substituted probe. A ResponseTopic
 other than the probe topic's own reply topic is never published to (dropped, reason
 ``bad_response_topic``): the cloud replies only where the device that the topic names listens.
 Nothing derived from a probe is ever logged.
@@ -51,6 +55,7 @@ from blindgate.shared.protocol import (
 
 from .matcher import MatcherPool, MatchError, MatchErrorKind
 from .metrics import Metrics
+from .request_auth import NOT_AUTHENTIC, DoorKeys, DoorLookup, SeenRequests, freshness_problem
 from .store_records import SiteRecord
 
 log = logging.getLogger("blindgate.cloud.bridge")
@@ -62,7 +67,13 @@ class MQTTBridge:
     """Subscribes to probes, answers each through the matcher pool. `start()` / `stop()` from asyncio."""
 
     def __init__(
-        self, config: CloudConfig, pool: MatcherPool, signing_key: Ed25519PrivateKey, site_lookup: SiteLookup, metrics: Metrics
+        self,
+        config: CloudConfig,
+        pool: MatcherPool,
+        signing_key: Ed25519PrivateKey,
+        site_lookup: SiteLookup,
+        metrics: Metrics,
+        door_lookup: DoorLookup | None = None,  # without it no door is registered: every probe is refused
     ) -> None:
         self.config = config
         self.prefix = config.mqtt.topic_prefix
@@ -71,6 +82,8 @@ class MQTTBridge:
         self.signing_key = signing_key
         self.site_lookup = site_lookup
         self.metrics = metrics
+        self.doors = DoorKeys(door_lookup)
+        self.seen = SeenRequests()
         self.reply_ttl = float(config.reply_ttl)
         self.connected = threading.Event()  # set while connected to the broker
         self.subscribed = threading.Event()  # set once the broker has granted the probe subscription
@@ -176,8 +189,11 @@ class MQTTBridge:
                 response_topic, correlation, fallback, "correlation_mismatch", "CorrelationData differs from the request id"
             )
             return
-        if req.expired():
-            self._refuse(response_topic, correlation, req, "expired", "the request expired before the cloud received it")
+        if req.topic != message.topic:
+            self._refuse(response_topic, correlation, fallback, "topic_mismatch", "the signed topic differs from its topic")
+            return
+        if (stale := freshness_problem(req)) is not None:
+            self._refuse(response_topic, correlation, req, "expired" if req.expired() else "not_fresh", stale)
             return
         if self._closing:
             self._refuse(response_topic, correlation, req, "shutting_down", "the cloud is shutting down; retry", ReplyStatus.BUSY)
@@ -216,6 +232,17 @@ class MQTTBridge:
 
     async def _answer(self, req: ProbeRequest, response_topic: str, correlation: bytes | None) -> None:
         try:
+            authentic = await self.doors.authentic(req)
+        except Exception:
+            log.exception("door key lookup failed", extra={"site": req.site, "device": req.device})
+            authentic = False
+        if not authentic:
+            self._refuse(response_topic, correlation, req, "not_authentic", NOT_AUTHENTIC)
+            return
+        if not self.seen.first_use(req):
+            self._drop("replayed")
+            return
+        try:
             record = await self.site_lookup(req.site)
             if record is None:
                 reply = error_reply(
@@ -239,6 +266,9 @@ class MQTTBridge:
                     gallery_version=version,
                     expires_at=time.time() + self.reply_ttl,
                     results=tuple(results),
+                    probe_sha256=req.probe_sha256,  # of the bytes actually scanned
+                    mode=str(req.mode),
+                    subject=req.subject,
                 )
         except MatchError as exc:
             if exc.kind == MatchErrorKind.BUSY:

@@ -3,6 +3,8 @@
     blindgate-cloud [serve] [--config cloud.toml]     run HTTP + MQTT until SIGTERM/SIGINT
     blindgate-cloud public-key [--config ...]         print the reply-signing public key (hex)
     blindgate-cloud check-store [--config ...]        integrity check and per-site sizes (JSON)
+    blindgate-cloud rotate-signing-key [--config ...]   next reply-signing key + its endorsement
+    blindgate-cloud activate-signing-key [--config ...] sign with the endorsed next key (restart serve)
 
 Every setting comes from the TOML file with `BLINDGATE_*` environment overrides
 (shared/config.py). On SIGTERM/SIGINT the service stops taking probes (unsubscribes; late
@@ -26,8 +28,10 @@ from blindgate.shared.config import CloudConfig, ConfigError, config_option, loa
 from blindgate.shared.errors import BlindgateError
 from blindgate.shared.logs import setup_logging
 from blindgate.shared.protocol import public_key_to_text
+from blindgate.shared.protocol.cloud_keys import fingerprint
 
 from .app import DB_NAME, create_app, load_or_create_signing_key
+from .key_rotation import activate, rotate
 from .store import GalleryStore
 
 log = logging.getLogger("blindgate.cloud")
@@ -69,7 +73,36 @@ def cmd_public_key(args: argparse.Namespace) -> int:
     config = load_config(CloudConfig, args.config)
     state_dir = Path(config.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    print(public_key_to_text(load_or_create_signing_key(state_dir).public_key()))
+    key = public_key_to_text(load_or_create_signing_key(state_dir).public_key())
+    print(key)  # alone on stdout, for `--cloud-key $(blindgate-cloud public-key)`
+    print(f"fingerprint {fingerprint(key)} (`blindgate-device init` prints it too: compare them)", file=sys.stderr)
+    return 0
+
+
+def _rotation_dir(args: argparse.Namespace) -> Path:
+    state_dir = Path(load_config(CloudConfig, args.config).state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return state_dir
+
+
+def cmd_rotate_signing_key(args: argparse.Namespace) -> int:
+    """Create the next reply-signing key, endorsed by the current one (served by GET /v1/cloud-key)."""
+    state_dir = _rotation_dir(args)
+    endorsement = rotate(state_dir, load_or_create_signing_key(state_dir))
+    print(endorsement.endorsed)
+    print(
+        f"next key {fingerprint(endorsement.endorsed)} endorsed by {fingerprint(endorsement.endorser)}; run "
+        "`blindgate-device refresh-cloud-key` on every door, then `blindgate-cloud activate-signing-key`",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_activate_signing_key(args: argparse.Namespace) -> int:
+    """Sign with the endorsed next key from now on (restart `serve` to pick it up)."""
+    key = activate(_rotation_dir(args))
+    print(key)
+    print(f"now signing with {fingerprint(key)}: restart `blindgate-cloud serve`", file=sys.stderr)
     return 0
 
 
@@ -100,6 +133,8 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "serve": (cmd_serve, "run the HTTP API and the MQTT matcher (default)"),
     "public-key": (cmd_public_key, "print the cloud's reply-signing public key (64 hex characters)"),
     "check-store": (cmd_check_store, "check the gallery store's integrity and print per-site sizes"),
+    "rotate-signing-key": (cmd_rotate_signing_key, "create the next reply-signing key, endorsed by the current one"),
+    "activate-signing-key": (cmd_activate_signing_key, "switch reply signing to the endorsed next key"),
 }
 
 

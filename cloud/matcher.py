@@ -48,6 +48,7 @@ from blindgate.shared.protocol import BlockResult
 
 from .metrics import Metrics
 from .store import GalleryStore, StoreError, UnknownSite, UnknownSubject
+from .store_rekey import StagedSubject
 
 log = logging.getLogger("blindgate.cloud.matcher")
 
@@ -262,6 +263,42 @@ def _validate_bundle(bundle: bytes) -> str:
     return keys.key_id
 
 
+def _staged_keys(site: str, key_id: str) -> tuple[EvaluationKeys, list[StagedSubject]]:
+    """The evaluation keys and subjects of the site's staged rekey to `key_id` (parsed once per worker)."""
+    staged = _read(_store().rekey.staged, site)
+    if staged is None or staged.key_id != key_id:
+        raise MatchError(MatchErrorKind.WRONG_KEY, f"site {site!r} has no rekey to key id {key_id!r} staged")
+    keys = _keys.get(key_id)
+    if keys is None:
+        try:
+            keys = _keys[key_id] = EvaluationKeys.from_bytes(staged.bundle, expected_key_id=key_id)
+        except EngineError as exc:
+            raise MatchError(MatchErrorKind.BAD_REQUEST, str(exc)) from None
+    return keys, staged.subjects
+
+
+def _check_rekey_enrollment(site: str, key_id: str, enrollment: bytes) -> None:
+    """Refuse an enrollment ciphertext that is not valid under the staged new keys."""
+    keys, _ = _staged_keys(site, key_id)
+    try:
+        Gallery(keys).load_enrollment(enrollment)
+    except EngineError as exc:
+        raise MatchError(MatchErrorKind.BAD_REQUEST, str(exc)) from None
+
+
+def _rekey_blocks(site: str, key_id: str) -> tuple[dict[str, SlotRef], list[bytes]]:
+    """The whole gallery rebuilt under the staged keys from the staged enrollments: (placements, block bytes)."""
+    keys, subjects = _staged_keys(site, key_id)
+    gallery = Gallery(keys)
+    placements = {}
+    for subject in subjects:
+        try:
+            placements[subject.subject_id] = gallery.add(subject.enrollment)
+        except EngineError as exc:
+            raise MatchError(MatchErrorKind.BAD_REQUEST, f"staged enrollment of {subject.subject_id!r}: {exc}") from None
+    return placements, [block.to_bytes() for block in gallery.blocks]
+
+
 # --- main-process side -------------------------------------------------------------------------
 
 
@@ -354,6 +391,14 @@ class MatcherPool:
     async def prepare_removal(self, site: str, subject: str, min_version: int) -> tuple[int, int, bytes]:
         """(base version, block index, serialized block) without the subject; not yet committed."""
         return await self._run(_remove, site, subject, int(min_version))
+
+    async def check_rekey_enrollment(self, site: str, key_id: str, enrollment: bytes) -> None:
+        """MatchError(BAD_REQUEST) unless `enrollment` is valid under the site's staged new keys."""
+        await self._run(_check_rekey_enrollment, site, key_id, bytes(enrollment))
+
+    async def prepare_rekey(self, site: str, key_id: str) -> tuple[dict[str, SlotRef], list[bytes]]:
+        """(placements, serialized blocks) of the gallery under the staged keys; not yet committed."""
+        return await self._run(_rekey_blocks, site, key_id)
 
     async def validate_bundle(self, bundle: bytes) -> str:
         """Key id of a valid evaluation bundle; MatchError(BAD_REQUEST) otherwise (parsed in a worker)."""

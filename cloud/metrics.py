@@ -58,7 +58,9 @@ class Metrics:
         "blindgate_probes_busy_total": ("counter", "Probe requests refused because the matcher queue was full."),
         "blindgate_enrollments_total": ("counter", "Committed enrollments."),
         "blindgate_removals_total": ("counter", "Committed subject removals."),
+        "blindgate_rekeys_total": ("counter", "Committed key renewals (rekeys) of a site."),
         "blindgate_sites_registered_total": ("counter", "Sites registered by this process."),
+        "blindgate_door_keys_registered_total": ("counter", "Door request keys added or replaced by this process."),
         "blindgate_http_errors_total": ("counter", "HTTP error answers, by status."),
     }
 

@@ -136,7 +136,10 @@ async def bridge_ctx(app: web.Application) -> AsyncIterator[None]:
     async def site_lookup(site: str) -> SiteRecord | None:
         return await lookup_site(app, site)
 
-    bridge = MQTTBridge(app[CONFIG], app[POOL], app[SIGNING_KEY], site_lookup, app[METRICS])
+    async def door_lookup(site: str, door: str) -> bytes | None:
+        return await in_thread(app[STORE].doors.key, site, door)
+
+    bridge = MQTTBridge(app[CONFIG], app[POOL], app[SIGNING_KEY], site_lookup, app[METRICS], door_lookup)
     app[BRIDGE] = bridge
     await bridge.start()
     yield

@@ -17,13 +17,16 @@ import hmac
 import logging
 import secrets
 import time
+from pathlib import Path
 
 from aiohttp import web
 
 from blindgate.shared.limits import MAX_BUNDLE_BYTES, MAX_ENROLLMENT_BYTES, MAX_LABEL_BYTES
 from blindgate.shared.protocol import ProtocolError, check_name, public_key_to_text
 
+from .door_keys import door_from_headers, save_door_key
 from .http_errors import json_error, match_error
+from .key_rotation import published
 from .matcher import MatchError
 from .resources import (
     BRIDGE,
@@ -40,6 +43,7 @@ from .resources import (
     refresh_site,
 )
 from .store import SiteRecord, StoreConflict, UnknownSite, UnknownSubject, new_subject_id
+from .subject_headers import requested_subject, sealed_template
 
 log = logging.getLogger("blindgate.cloud.app")
 
@@ -97,6 +101,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/sites/{site}/subjects", enroll_subject)
     app.router.add_get("/v1/sites/{site}/subjects", list_subjects)
     app.router.add_delete("/v1/sites/{site}/subjects/{subject}", remove_subject)
+    app.router.add_get("/v1/sites/{site}/subjects/{subject}/sealed", sealed_subject)
     app.router.add_get("/v1/sites/{site}/stats", site_stats)
     app.router.add_get("/v1/cloud-key", cloud_key)
     app.router.add_get("/healthz", healthz)
@@ -114,6 +119,7 @@ async def register_site(request: web.Request) -> web.Response:
             raise json_error(401, "registering a site needs 'Authorization: Bearer <provision token>'")
     if await lookup_site(app, site) is not None:
         raise json_error(409, f"site {site!r} is already registered; its keys are never replaced")
+    door = door_from_headers(request)  # the registering door's request key, if named (cloud/door_keys.py)
     bundle = await read_body(request, MAX_BUNDLE_BYTES, "evaluation bundle")
     if not bundle:
         raise json_error(400, "empty body: send the site's evaluation bundle (application/octet-stream)")
@@ -126,6 +132,8 @@ async def register_site(request: web.Request) -> web.Response:
         await in_thread(app[STORE].create_site, site, token, key_id, bundle)
     except StoreConflict as exc:
         raise json_error(409, str(exc)) from None
+    if door is not None:
+        await save_door_key(app, site, *door)
     await refresh_site(app, site)
     app[SUBJECT_COUNTS][site] = 0
     app[METRICS].inc("blindgate_sites_registered_total")
@@ -158,6 +166,9 @@ async def enroll_subject(request: web.Request) -> web.Response:
         raise json_error(400, "X-Blindgate-Label is not valid base64") from None
     if len(label) > MAX_LABEL_BYTES:
         raise json_error(413, f"label is {len(label)} bytes; the limit is {MAX_LABEL_BYTES}")
+    chosen, sealed = requested_subject(request), sealed_template(request)
+    if chosen is not None and await in_thread(app[STORE].subject, site, chosen) is not None:
+        raise json_error(409, f"subject id {chosen!r} is already taken at site {site!r}: choose another")
     enrollment = await read_body(request, MAX_ENROLLMENT_BYTES, "enrollment ciphertext")
     if not enrollment:
         raise json_error(400, "empty body: send the enrollment ciphertext (application/octet-stream)")
@@ -168,7 +179,7 @@ async def enroll_subject(request: web.Request) -> web.Response:
             base, ref, block = await app[POOL].prepare_enrollment(site, enrollment, record.version)
         except MatchError as exc:
             raise match_error(exc) from None
-        subject = new_subject_id()
+        subject = chosen or new_subject_id()
         try:
             version = await in_thread(
                 functools.partial(
@@ -181,6 +192,7 @@ async def enroll_subject(request: web.Request) -> web.Response:
                     ref.block,
                     block,
                     expected_version=base,
+                    sealed=sealed,
                 )
             )
         except StoreConflict as exc:
@@ -250,6 +262,19 @@ async def remove_subject(request: web.Request) -> web.Response:
     return web.json_response({"gallery_version": version})
 
 
+async def sealed_subject(request: web.Request) -> web.Response:
+    """GET /v1/sites/{site}/subjects/{subject}/sealed: the device-sealed template, as the device stored it."""
+    site = site_param(request)
+    await authorize_site(request, site)
+    try:
+        sealed = await in_thread(request.app[STORE].sealed, site, request.match_info["subject"])
+    except (UnknownSite, UnknownSubject) as exc:
+        raise json_error(404, str(exc)) from None
+    if not sealed:
+        raise json_error(404, "this subject was enrolled without a sealed template")
+    return web.Response(body=sealed, content_type="application/octet-stream")
+
+
 async def site_stats(request: web.Request) -> web.Response:
     """GET /v1/sites/{site}/stats: sizes of the site's gallery."""
     app = request.app
@@ -272,8 +297,9 @@ async def site_stats(request: web.Request) -> web.Response:
 
 
 async def cloud_key(request: web.Request) -> web.Response:
-    """GET /v1/cloud-key: the public key devices verify replies with."""
-    return web.json_response({"cloud_public_key": public_key_to_text(request.app[SIGNING_KEY].public_key())})
+    """GET /v1/cloud-key: the public key devices verify replies with, and a rotation's endorsement if any."""
+    app = request.app
+    return web.json_response(await in_thread(published, Path(app[CONFIG].state_dir), app[SIGNING_KEY]))
 
 
 async def healthz(request: web.Request) -> web.Response:

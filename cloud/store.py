@@ -30,6 +30,7 @@ from types import TracebackType
 
 from blindgate.shared.engine.gallery import SlotRef
 
+from .store_doors import DoorStore
 from .store_records import (
     GallerySnapshot,
     SiteRecord,
@@ -40,7 +41,9 @@ from .store_records import (
     require_index,
     require_text,
 )
+from .store_rekey import RekeyStore
 from .store_schema import SCHEMA_VERSION, StoreConflict, StoreDatabase, StoreError, UnknownSite, UnknownSubject
+from .store_sealed import sealed_template
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -110,6 +113,8 @@ class GalleryStore:
         """Open (creating if needed) the store; `readonly` opens an existing one for readers such as matcher workers."""
         self.database = StoreDatabase(path, readonly=readonly)
         self.path = self.database.path
+        self.rekey = RekeyStore(self.database)  # key renewal: stage, then switch over atomically
+        self.doors = DoorStore(self.database)  # each door's request-signing key (cloud/store_doors.py)
         self.readonly = readonly
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -227,6 +232,7 @@ class GalleryStore:
         block: bytes,
         *,
         expected_version: int | None = None,
+        sealed: bytes = b"",
     ) -> int:
         """Store one enrollment atomically: subject row, updated block and version bump together.
 
@@ -261,9 +267,9 @@ class GalleryStore:
             put_block(db, site_id, block_index, block)
             try:
                 db.execute(
-                    "INSERT INTO subject (site_id, subject_id, label, block, slot, enrollment, created) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (site_id, subject_id, label, ref.block, ref.slot, enrollment, time.time()),
+                    "INSERT INTO subject (site_id, subject_id, label, block, slot, enrollment, created, sealed) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (site_id, subject_id, label, ref.block, ref.slot, enrollment, time.time(), require_bytes(sealed, "sealed")),
                 )
             except sqlite3.IntegrityError as exc:  # the checks above make this a race we lost
                 raise StoreConflict(f"cannot enroll {subject_id!r} at site {site_id!r}: {exc}") from None
@@ -377,6 +383,10 @@ class GalleryStore:
                 (site_id, block, slot),
             ).fetchone()
         return None if row is None else _subject(row)
+
+    def sealed(self, site_id: str, subject_id: str) -> bytes:
+        """The device-sealed template stored with the enrollment (cloud/store_sealed.py)."""
+        return sealed_template(self.database, site_id, subject_id)
 
     def enrollment(self, site_id: str, subject_id: str) -> bytes:
         """The enrollment ciphertext a subject was added from: needed to remove it exactly."""

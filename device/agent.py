@@ -26,10 +26,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from blindgate.shared.config import DeviceConfig
 from blindgate.shared.engine import EngineError, SiteKeys, decode_scan, encrypt_probe
@@ -39,22 +39,22 @@ from blindgate.shared.protocol import (
     Reply,
     ReplyStatus,
     new_probe_request,
+    new_signing_key,
     open_reply,
 )
+from blindgate.shared.protocol.cloud_keys import ReplyVerifier
 
 from .audit import AuditLog, now_iso
-from .camera import CameraSource, FrameStream, open_camera
-from .cloud_client import CloudClient
+from .camera import CameraSource
 from .decision import Decision, DecisionEngine, DoorEvent, VerdictKind, access_verdict
 from .directory import DirectoryError, SubjectDirectory
 from .discovery import LOCKED, UNLOCKED, publish_discovery
-from .faces import Analyzer, DetectorModel, FaceAnalyzer, FaceConfig, Rejection
-from .labels import LabelCipher
+from .faces import Analyzer, Rejection
+from .integrity import TemplateCheck
 from .link import LinkLost, MqttLink
-from .lock import DoorLock, Lock
+from .lock import DoorLock
 from .notify import Notifier
 from .requests import PendingRequests
-from .state import DeviceState
 
 log = logging.getLogger("blindgate.device.agent")
 
@@ -77,19 +77,21 @@ class Verdict:
 
 
 class Agent:
-    """One door. Build with `Agent.from_config` or pass the parts (tests pass mocks)."""
+    """One door. `build_agent(config)` (device/build.py) assembles it from the state directory."""
 
     def __init__(
         self,
         config: DeviceConfig,
         keys: SiteKeys,
-        verify_key: Ed25519PublicKey,
+        verify_key: ReplyVerifier,
         directory: SubjectDirectory,
         lock: DoorLock,
+        integrity: TemplateCheck,
         analyzer: Analyzer | None = None,
         audit: AuditLog | None = None,
         clock: Callable[[], float] = time.monotonic,
         link: MqttLink | None = None,
+        door_key: Ed25519PrivateKey | Callable[[], Ed25519PrivateKey] | None = None,
     ) -> None:
         self.config = config
         self.site, self.device = config.site, config.device_id
@@ -102,6 +104,11 @@ class Agent:
         self.decision = DecisionEngine(config.decision, clock=clock)
         self.pending = PendingRequests(self.device)
         self.link = link or MqttLink(config)
+        self.integrity = integrity  # the sealed-template check: no match opens without it
+        # signs each request (from_config: door.key, re-read after a rotation); without one, a throwaway
+        # key the cloud does not know, so every probe is refused and the door stays locked
+        fixed_key = door_key if isinstance(door_key, Ed25519PrivateKey) else new_signing_key()
+        self.door_key: Callable[[], Ed25519PrivateKey] = door_key if callable(door_key) else lambda: fixed_key
         self.link.when_connected = self._announce
         self.link.when_ha_online = self.publish_discovery
         self.link.when_retained_ignored = lambda topic: self._count("retained_ignored")
@@ -160,10 +167,23 @@ class Agent:
             return Verdict(kind, "borderline face", request_id=rid, gallery_version=version)
         block = reply.results[match.best.block].block
         try:
-            subject, label = self.directory.lookup(version, block, match.best.slot)
+            subject, _directory_label = self.directory.lookup(version, block, match.best.slot)
         except DirectoryError as exc:
             return Verdict(VerdictKind.DOUBT, str(exc), request_id=rid, gallery_version=version)
-        return Verdict(kind, "match", subject=subject, label=label, request_id=rid, gallery_version=version)
+        # The cloud's claim, recomputed from what only the site can seal; its label is authenticated.
+        check = self.integrity.confirm(version, subject, match.distance, embedding)
+        if not check.ok:
+            if check.alarm:
+                self._integrity_alarm(check.reason, rid)
+            return Verdict(VerdictKind.DOUBT, check.reason, request_id=rid, gallery_version=version)
+        return Verdict(kind, "match", subject=subject, label=check.label, request_id=rid, gallery_version=version)
+
+    def _integrity_alarm(self, reason: str, request_id: str) -> None:
+        """The `cloud_integrity` alarm: event (no distance), audit line, counter; the door stays locked."""
+        self._count("cloud_integrity")
+        log.error("cloud integrity alarm: %s", reason)
+        self.publish_event(DoorEvent.CLOUD_INTEGRITY, None)
+        self.audit.write(kind="event", event=DoorEvent.CLOUD_INTEGRITY, request_id=request_id, reason=reason)
 
     def wait_reply(self, request: ProbeRequest, embedding: np.ndarray, timeout: float) -> Verdict:
         """Wait for the answer to `request`; foreign/unusable messages are skipped, time runs on."""
@@ -249,14 +269,14 @@ class Agent:
         ciphertext = encrypt_probe(self.keys, embedding)
         t1 = time.perf_counter()
         ttl = float(self.config.decision.reply_timeout)
-        request = new_probe_request(self.site, self.device, self.keys.key_id, ciphertext, ttl=ttl)
+        request = new_probe_request(self.site, self.device, self.keys.key_id, ciphertext, ttl=ttl, topic=self.link.topics.probe)
         self.pending.expire()
         self.pending.add(request)
         if not self.link.is_connected:
             self.pending.discard(request.request_id)
             return Verdict(VerdictKind.DOUBT, "broker not connected", request_id=request.request_id)
         t2 = time.perf_counter()
-        rc = self.link.publish_probe(request, ttl)
+        rc = self.link.publish_probe(request, ttl, self.door_key())
         if rc != 0:
             self.pending.discard(request.request_id)
             return Verdict(VerdictKind.DOUBT, f"publish failed (rc {rc})", request_id=request.request_id)
@@ -386,42 +406,5 @@ class Agent:
         except Exception:  # pragma: no cover
             pass
 
-    # -- construction from the device's state directory -----------------------------------------
 
-    @classmethod
-    def from_config(cls, config: DeviceConfig, lock: DoorLock | None = None, analyzer: Analyzer | None = None) -> Agent:
-        """The door as provisioned by `blindgate-device init`: keys, cloud link, labels, GPIO lock, dlib."""
-        state = DeviceState(config.state_dir)
-        keys = state.load_keys()
-        cloud = state.load_cloud()
-        if cloud.key_id != keys.key_id:
-            raise RuntimeError(f"{state.cloud_path} names key {cloud.key_id}, but {state.keys_path} holds {keys.key_id}")
-        labels = LabelCipher.load(state.dir, config.site)
-        client = CloudClient(config.cloud_url, config.site, token=cloud.token, timeout=5.0)
-        directory = SubjectDirectory(client.subjects, labels)
-        if lock is None:
-            lock = Lock(config.lock.pin, config.lock.active_high, config.lock.pin_factory)
-        if analyzer is None:
-            analyzer = FaceAnalyzer(face_config(config))
-        return cls(config, keys, cloud.verify_key(), directory, lock, analyzer, AuditLog(state.audit_path))
-
-
-def face_config(config: DeviceConfig) -> FaceConfig:
-    """The face analyzer's settings from the device config (0 width = no downscaling)."""
-    f = config.face
-    return FaceConfig(
-        min_face_px=f.min_face_px,
-        min_sharpness=f.min_sharpness,
-        detect_max_width=f.detect_max_width or None,
-        upsample=f.upsample,
-        model=cast(DetectorModel, f.model),  # FaceConfig refuses other names
-    )
-
-
-def open_configured_camera(config: DeviceConfig) -> FrameStream:
-    """The camera named in the device config (0 = the source's own size/rate)."""
-    c = config.camera
-    return open_camera(c.source, width=c.width or None, height=c.height or None, fps=c.fps or None, realtime=c.realtime)
-
-
-__all__ = ["Agent", "Verdict", "face_config", "open_configured_camera"]
+__all__ = ["Agent", "Verdict"]

@@ -5,6 +5,9 @@
     blindgate-device list
     blindgate-device remove SUBJECT                # subject id, or a name enrolled once
     blindgate-device status
+    blindgate-device refresh-cloud-key             # accept the cloud's next signing key, endorsed by the pinned one
+    blindgate-device rotate-door-key               # new request-signing key for this door; nobody re-enrolls
+    blindgate-device rekey                         # new CKKS keys; templates re-encrypted from their sealed copies
     blindgate-device run
 
 Configuration: --config TOML, then BLINDGATE_* environment variables (blindgate.shared.config).
@@ -23,6 +26,8 @@ import base64
 import json
 import logging
 import os
+import re
+import secrets
 import signal
 import sys
 
@@ -32,13 +37,19 @@ from blindgate.shared.config import ConfigError, DecisionConfig, DeviceConfig, c
 from blindgate.shared.engine import EngineError, encrypt_enrollment, generate_site_keys
 from blindgate.shared.errors import BlindgateError
 from blindgate.shared.logs import setup_logging
-from blindgate.shared.protocol import ProtocolError, public_key_from_text
+from blindgate.shared.protocol import ProtocolError
 
-from .agent import Agent, face_config, open_configured_camera
+from .build import build_agent, face_config, open_configured_camera
 from .cloud_client import CloudClient, CloudError
+from .door_key import ensure_door_key, public_text, rotate_door_key
 from .faces import FaceAnalyzer, load_image
 from .labels import LabelCipher, LabelError
 from .notify import Notifier
+from .provision import check_cloud_url, confirm_cloud_key, fingerprint, refresh_cloud_key, tls_context
+from .rekey import RekeyError, rekey
+from .sealing import KEY_FILE as TEMPLATE_KEY_FILE
+from .sealing import TemplateSealer
+from .site_state import SiteState
 from .state import CloudLink, DeviceState, StateError
 
 log = logging.getLogger("blindgate.device.cli")
@@ -48,15 +59,24 @@ class UsageError(BlindgateError, RuntimeError):
     pass
 
 
+SUBJECT_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def new_subject_id() -> str:
+    """A fresh random subject id (128 bits, hex), as the cloud would make one; chosen here to seal with it."""
+    return secrets.token_hex(16)
+
+
 def _client(config: DeviceConfig, state: DeviceState) -> CloudClient:
     link = state.load_cloud()
-    return CloudClient(config.cloud_url, config.site, token=link.token)
+    return CloudClient(config.cloud_url, config.site, token=link.token, tls=tls_context(config.cloud_ca_file))
 
 
 # -- init --------------------------------------------------------------------------------------
 
 
 def cmd_init(config: DeviceConfig, args) -> int:
+    check_cloud_url(config.cloud_url, args.cloud_key)  # before any key is made or byte is sent
     state = DeviceState(config.state_dir)
     state.ensure_dir()
     if state.cloud_path.exists():
@@ -71,16 +91,29 @@ def cmd_init(config: DeviceConfig, args) -> int:
     if not (state.dir / "label.key").exists():
         LabelCipher.create_key(state.dir)
         print(f"created label key {state.dir / 'label.key'}")
-    client = CloudClient(config.cloud_url, config.site)
+    if not (state.dir / TEMPLATE_KEY_FILE).exists():
+        TemplateSealer.create_key(state.dir)
+        print(f"created template key {state.dir / TEMPLATE_KEY_FILE}")
+    client = CloudClient(config.cloud_url, config.site, tls=tls_context(config.cloud_ca_file))
     token = args.provision_token or os.environ.get("BLINDGATE_PROVISION_TOKEN") or None
-    answer = client.register_site(keys.evaluation_bytes, provision_token=token)
+    door_key, created = ensure_door_key(state)
+    if created:
+        print(f"created door key {state.door_key_path}")
+    door = (config.device_id, public_text(door_key))
+    answer = client.register_site(keys.evaluation_bytes, provision_token=token, door=door)
     if answer["key_id"] != keys.key_id:
         raise UsageError(f"cloud registered key {answer['key_id']}, expected {keys.key_id}")
-    public_key_from_text(answer["cloud_public_key"])  # validate before storing
-    if args.cloud_key and args.cloud_key.strip().lower() != answer["cloud_public_key"].lower():
-        raise UsageError("the cloud's public key differs from --cloud-key: refusing to trust it")
-    state.save_cloud(CloudLink(config.site, keys.key_id, answer["token"], answer["cloud_public_key"], config.cloud_url))
-    print(f"registered site {config.site!r} with {config.cloud_url}; cloud key {answer['cloud_public_key']}")
+    cloud_key = confirm_cloud_key(answer["cloud_public_key"], args.cloud_key)  # constant time against the pin
+    state.save_cloud(CloudLink(config.site, keys.key_id, answer["token"], cloud_key, config.cloud_url))
+    print(f"registered site {config.site!r} with {config.cloud_url}; cloud key {cloud_key}")
+    print(f"cloud key fingerprint {fingerprint(cloud_key)} (compare with `blindgate-cloud public-key` on the cloud host)")
+    return 0
+
+
+def cmd_refresh_cloud_key(config: DeviceConfig, args) -> int:
+    """Follow a rotation of the cloud's reply-signing key (only keys endorsed by a trusted one)."""
+    state = DeviceState(config.state_dir)
+    print(refresh_cloud_key(state, _client(config, state)))
     return 0
 
 
@@ -145,7 +178,11 @@ def cmd_enroll(config: DeviceConfig, args) -> int:
         embeddings = collect_embeddings(analyzer, ((p, load_image(p)) for p in args.images))
     template = template_from(embeddings, config.decision.threshold)
     enrollment = encrypt_enrollment(keys, template)
-    answer = _client(config, state).enroll(enrollment, labels.encrypt(args.name), keys.key_id)
+    subject = new_subject_id()  # chosen here, so the sealed template is bound to it
+    sealed = TemplateSealer.load(state.dir, config.site).seal(subject, keys.key_id, template, args.name)
+    answer = _client(config, state).enroll(enrollment, labels.encrypt(args.name), keys.key_id, subject=subject, sealed=sealed)
+    if answer.get("subject") != subject:
+        raise UsageError(f"the cloud enrolled subject {answer.get('subject')!r}, not {subject!r}: its template cannot be checked")
     print(
         json.dumps(
             {
@@ -198,16 +235,30 @@ def cmd_list(config: DeviceConfig, args) -> int:
 
 def cmd_remove(config: DeviceConfig, args) -> int:
     state = DeviceState(config.state_dir)
-    _, rows = _subjects(config, state)
-    ids = [r["subject"] for r in rows if r["subject"] == args.subject]
-    if not ids:
+    if SUBJECT_ID.fullmatch(args.subject):
+        ids = [args.subject]  # an id needs no cloud to be denied (the cloud may be down, or hide it)
+    else:
+        _, rows = _subjects(config, state)
         ids = [r["subject"] for r in rows if r["name"] == args.subject]
         if len(ids) > 1:
             raise UsageError(f"{len(ids)} subjects are named {args.subject!r}: give the subject id ({', '.join(ids)})")
     if not ids:
         raise UsageError(f"no subject {args.subject!r} (see `blindgate-device list`)")
+    # Denied on the device FIRST (site_state.json): a failing or lying cloud cannot bring them back in.
+    denied = SiteState(state.dir, config.site).deny([ids[0]])
+    print(f"denied {ids[0]} at this site (site state version {denied.version})")
     answer = _client(config, state).remove(ids[0])
     print(f"removed {ids[0]}; gallery version {answer.get('gallery_version')}")
+    return 0
+
+
+def cmd_rekey(config: DeviceConfig, args) -> int:
+    state = DeviceState(config.state_dir)
+    try:
+        rekey(state, _client(config, state), config.site)
+    except RekeyError as exc:
+        print(f"blindgate-device rekey: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -235,7 +286,7 @@ def cmd_status(config: DeviceConfig, args) -> int:
 
 
 def cmd_run(config: DeviceConfig, args) -> int:
-    agent = Agent.from_config(config)
+    agent = build_agent(config)
     notifier = Notifier()
 
     def on_signal(signum, frame):
@@ -256,6 +307,14 @@ def cmd_run(config: DeviceConfig, args) -> int:
     return 0
 
 
+def cmd_rotate_door_key(config: DeviceConfig, args) -> int:
+    """New door key, registered with the cloud, then current (a running agent uses it from its next probe)."""
+    state = DeviceState(config.state_dir)
+    key = rotate_door_key(state, _client(config, state), config.device_id)
+    print(f"door {config.device_id!r} now signs with key {public_text(key)}")
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------------------
 
 
@@ -263,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = config_option()
     parser = argparse.ArgumentParser(prog="blindgate-device", description="blindgate door device", parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("init", parents=[common], help="create site keys and label key, register with the cloud")
+    p = sub.add_parser("init", parents=[common], help="create site keys, label and template keys, register with the cloud")
     p.add_argument("--provision-token", help="bearer token the cloud requires to register a site")
     p.add_argument("--cloud-key", help="expected cloud public key (64 hex), to pin it at provisioning")
     p = sub.add_parser("enroll", parents=[common], help="enroll a person from images or the camera")
@@ -276,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("remove", parents=[common], help="remove a subject by id (or by a unique name)")
     p.add_argument("subject")
     sub.add_parser("status", parents=[common], help="local state and cloud stats")
+    sub.add_parser("refresh-cloud-key", parents=[common], help="follow the cloud's endorsed reply-signing key rotation")
+    sub.add_parser("rotate-door-key", parents=[common], help="replace this door's request-signing key (no re-enrollment)")
+    sub.add_parser("rekey", parents=[common], help="renew the site's CKKS keys; nobody needs to enroll again")
     p = sub.add_parser("run", parents=[common], help="run the door agent")
     p.add_argument("--max-frames", type=int, default=None, help=argparse.SUPPRESS)
     sub.add_parser(
@@ -288,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"init": cmd_init, "enroll": cmd_enroll, "list": cmd_list, "remove": cmd_remove, "status": cmd_status, "run": cmd_run}
+COMMANDS["rekey"] = cmd_rekey
+COMMANDS["refresh-cloud-key"] = cmd_refresh_cloud_key
+COMMANDS["rotate-door-key"] = cmd_rotate_door_key
 
 
 def main(argv: list[str] | None = None) -> int:

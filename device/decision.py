@@ -60,6 +60,9 @@ class DoorEvent(StrEnum):
     RECOGNIZED = "recognized"
     UNKNOWN = "unknown"
     DENIED = "denied"
+    # The cloud's answer failed the device's own check (device/integrity.py): an alarm, raised by
+    # the agent outside the decision rules; it never carries a distance.
+    CLOUD_INTEGRITY = "cloud_integrity"
 
 
 DEFAULT_DECISION = DecisionConfig()

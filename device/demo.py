@@ -41,7 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from blindgate.device.agent import Agent, Verdict, open_configured_camera
+from blindgate.device.agent import Agent, Verdict
+from blindgate.device.build import build_agent, open_configured_camera
 from blindgate.device.camera import CameraSource, Frame
 from blindgate.device.cli import main as device_main
 from blindgate.device.decision import Decision, DoorEvent, VerdictKind
@@ -264,7 +265,7 @@ class NumberedCamera:
 
 def run_door(config_path: Path, expected: str | None, enrolled: list[str], truth: dict[int, str | None] | None = None) -> int:
     config = load_config(DeviceConfig, config_path)
-    agent = Agent.from_config(config)
+    agent = build_agent(config)
     printer = DoorPrinter()
     printer.attach(agent)
     try:

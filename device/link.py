@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -169,15 +170,17 @@ class MqttLink:
         if self.client is not None:
             self.client.publish(topic, payload, qos=1, retain=retain)
 
-    def publish_probe(self, request: ProbeRequest, ttl: float) -> int:
-        """Send a probe as an MQTT v5 request; the paho return code (0 = queued)."""
+    def publish_probe(self, request: ProbeRequest, ttl: float, door_key: Ed25519PrivateKey) -> int:
+        """Send a probe as an MQTT v5 request signed with the door's key; the paho return code (0 = queued)."""
         if self.client is None:
             return mqtt.MQTT_ERR_NO_CONN
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = self.topics.reply
         props.CorrelationData = bytes.fromhex(request.request_id)
         props.MessageExpiryInterval = max(1, math.ceil(ttl))
-        info = self.client.publish(self.topics.probe, encode_probe_request(request), qos=1, retain=False, properties=props)
+        info = self.client.publish(
+            self.topics.probe, encode_probe_request(request, door_key), qos=1, retain=False, properties=props
+        )
         return int(info.rc)
 
     def next_reply(self, timeout: float) -> Incoming | None:

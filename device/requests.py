@@ -1,7 +1,8 @@
 """The device's memory of the probes it sent, so that each signed reply counts at most once.
 
 `open_reply` proves a reply comes from the site's cloud; this guard proves it answers a request
-this device still waits for. Together they stop replayed, duplicated, foreign and stale replies.
+this device still waits for. Together they stop replayed, duplicated, foreign and stale replies,
+and (through the signed probe hash, mode and subject) replies that scanned some other probe.
 """
 
 from __future__ import annotations
@@ -9,15 +10,18 @@ from __future__ import annotations
 import time
 
 from blindgate.shared.protocol.errors import ProtocolError
-from blindgate.shared.protocol.messages import ProbeRequest, Reply
+from blindgate.shared.protocol.messages import ProbeRequest, Reply, ReplyStatus
 
 
 class PendingRequests:
     """A reply counts once, for its own fresh request.
 
     A reply is accepted only if it answers a request this device sent and still waits for, with
-    the same device id and nonce, before both the request's and the reply's expiry. Accepting
-    forgets the request, so a duplicated or replayed reply is refused.
+    the same device id and nonce, before both the request's and the reply's expiry. An `ok`
+    reply must also name the SHA-256 of this request's own probe, its mode and subject: a relay
+    that swapped in a recorded probe gets a reply that is refused. Replies without results may
+    leave the hash empty (they can only keep the door locked). Accepting forgets the request, so
+    a duplicated or replayed reply is refused.
     """
 
     def __init__(self, device: str) -> None:
@@ -54,6 +58,11 @@ class PendingRequests:
             raise ProtocolError(f"reply addressed to {reply.site}/{reply.device}, not this device")
         if reply.nonce != req.nonce:
             raise ProtocolError("reply nonce does not match the request's")
+        if reply.probe_sha256 or reply.status == ReplyStatus.OK or reply.results:
+            if reply.probe_sha256 != req.probe_sha256:
+                raise ProtocolError("reply scanned another probe than this request's (probe hash mismatch)")
+            if reply.mode != req.mode or reply.subject != req.subject:
+                raise ProtocolError("reply is for another mode or subject than this request's")
         if req.expired(now) or now > reply.expires_at:
             del self._waiting[reply.request_id]
             raise ProtocolError("stale reply: past its request's or its own expiry")

@@ -2,7 +2,10 @@
 
 - `site.keys`   the site's CKKS keys, SECRET key included (never leaves the device);
 - `label.key`   AES-GCM key for subject labels (see blindgate.device.labels);
+- `template.key` AES-GCM key sealing enrolled templates (blindgate.device.sealing; the site's, never the cloud's);
+- `site_state.json` the site's versioned state: the deny list of removed subjects (blindgate.device.site_state);
 - `cloud.json`  what registration returned: site token, key id, the cloud's Ed25519 public key;
+- `door.key`    this door's Ed25519 request-signing key (PEM); its public half is registered with the cloud;
 - `audit.jsonl` the local event history (no images, no scores).
 """
 
@@ -11,20 +14,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from blindgate.shared.engine import SiteKeys
 from blindgate.shared.errors import BlindgateError
-from blindgate.shared.protocol import public_key_from_text
+from blindgate.shared.protocol import (
+    ProtocolError,
+    new_signing_key,
+    signing_key_from_pem,
+    signing_key_to_pem,
+)
+from blindgate.shared.protocol.cloud_keys import KeyRing
 
 from .labels import write_private
 
 KEYS_FILE = "site.keys"
 CLOUD_FILE = "cloud.json"
 AUDIT_FILE = "audit.jsonl"
+DOOR_KEY_FILE = "door.key"
 
 
 class StateError(BlindgateError, RuntimeError):
@@ -40,10 +50,12 @@ class CloudLink:
     token: str
     cloud_public_key: str  # 64 hex chars (Ed25519)
     cloud_url: str = ""
+    # keys the pinned one endorsed during a rotation (refresh-cloud-key): accepted as well
+    next_cloud_keys: list[str] = field(default_factory=list)
 
-    def verify_key(self) -> Ed25519PublicKey:
-        """The key that checks the cloud's signed replies."""
-        return public_key_from_text(self.cloud_public_key)
+    def verify_key(self) -> KeyRing:
+        """The keys that check the cloud's signed replies: the pinned one and any it endorsed."""
+        return KeyRing([self.cloud_public_key, *self.next_cloud_keys])
 
 
 class DeviceState:
@@ -70,6 +82,30 @@ class DeviceState:
     @property
     def audit_path(self) -> Path:
         return self.dir / AUDIT_FILE
+
+    @property
+    def door_key_path(self) -> Path:
+        return self.dir / DOOR_KEY_FILE
+
+    @property
+    def next_door_key_path(self) -> Path:
+        """A rotation's new key, until the cloud has registered it (device/door_key.py)."""
+        return self.dir / f"{DOOR_KEY_FILE}.next"
+
+    def create_door_key(self, path: Path | None = None) -> Ed25519PrivateKey:
+        """A new door key in `door.key` (or `path`), 0600; refuses to replace an existing file."""
+        key = new_signing_key()
+        write_private(path or self.door_key_path, signing_key_to_pem(key))
+        return key
+
+    def load_door_key(self, path: Path | None = None) -> Ed25519PrivateKey:
+        path = path or self.door_key_path
+        try:
+            return signing_key_from_pem(path.read_bytes())
+        except FileNotFoundError:
+            raise StateError(f"no door key at {path}: run `blindgate-device init` first") from None
+        except (ValueError, ProtocolError) as exc:
+            raise StateError(f"{path} is corrupted: {exc}") from None
 
     def save_keys(self, keys: SiteKeys) -> None:
         write_private(self.keys_path, keys.to_bytes())

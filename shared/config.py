@@ -110,6 +110,7 @@ class DeviceConfig:
     site: str = "home"
     device_id: str = "door1"
     cloud_url: str = "http://127.0.0.1:8600"
+    cloud_ca_file: str = ""  # PEM CA bundle for an https:// cloud with a private CA (default: system CAs)
     state_dir: str = "./state/device"  # site keys, label key, cloud public key, token, audit log
     log_level: str = "INFO"
     log_format: str = "json"

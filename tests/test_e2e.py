@@ -33,7 +33,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from blindgate.device.agent import Agent
+from blindgate.device.build import build_agent
 from blindgate.device.camera import Frame, _resize, open_camera
 from blindgate.device.cli import main as device_main
 from blindgate.device.faces import load_image
@@ -113,13 +113,13 @@ class FeedCamera:
 
 
 class Door:
-    """The real agent (`Agent.from_config`, mock pin) running in a thread; the pin is sampled."""
+    """The real agent (`build_agent`, mock pin) running in a thread; the pin is sampled."""
 
     def __init__(self, config_path: Path) -> None:
         config = load_config(DeviceConfig, config_path, env={})
         self.lock = Lock("GPIO17", pin_factory="mock")
         self.pin = self.lock.pin
-        self.agent = Agent.from_config(config, lock=self.lock)
+        self.agent = build_agent(config, lock=self.lock)
         self.camera = FeedCamera()
         self.samples: list[tuple[float, int]] = []
         self._done = threading.Event()

@@ -10,6 +10,7 @@ levels are checked here before anything received is used).
 from __future__ import annotations
 
 import functools
+import math
 import os
 import struct
 import tempfile
@@ -232,14 +233,22 @@ def ciphertext_bytes_limit(params: Params, level: int, size: int = 2) -> int:
 
 
 def load_ciphertext(ctx: Context, data: bytes, level: int, what: str, scale: float | None = None) -> seal.Ciphertext:
-    """Load a received ciphertext and insist on its level, size and scale."""
+    """Load a received ciphertext and insist on its parameters, level, size, scale and opacity.
+
+    All of it is checked before any arithmetic: a transparent ciphertext (c1 = 0) "decrypts" to
+    its sender's chosen c0 under any key, and a NaN scale passes `abs(nan - x) > tol`.
+    """
     ct = from_bytes(seal.Ciphertext, ctx, data, what, ciphertext_bytes_limit(ctx.params, level))
     if ct.size() != 2:
         raise EngineError(f"{what}: expected a 2-component ciphertext, got {ct.size()}")
-    actual = ctx.level_of(ct)
+    if not ct.is_ntt_form():
+        raise EngineError(f"{what}: a CKKS ciphertext must be in NTT form")
+    actual = ctx.level_of(ct)  # refuses another parameter set's parms_id
     if actual != level:
         raise EngineError(f"{what}: ciphertext at level {actual}, expected level {level}")
     expected = ctx.params.scale if scale is None else scale
-    if abs(ct.scale - expected) > 1e-9 * expected:
+    if not math.isfinite(ct.scale) or not abs(ct.scale - expected) <= 1e-9 * expected:
         raise EngineError(f"{what}: ciphertext scale {ct.scale:.6g}, expected {expected:.6g}")
+    if ct.is_transparent():
+        raise EngineError(f"{what}: transparent ciphertext (its second component is zero): it is not encrypted")
     return ct

@@ -28,8 +28,10 @@ from .messages import (
     error_reply,
     new_probe_request,
     open_reply,
+    probe_digest,
     results_digest,
     seal_reply,
+    verify_probe_request,
 )
 from .signing import (
     new_signing_key,
@@ -59,6 +61,7 @@ __all__ = [
     "new_signing_key",
     "open_reply",
     "parse_probe_topic",
+    "probe_digest",
     "probe_subscription",
     "probe_topic",
     "public_key_from_text",
@@ -68,4 +71,5 @@ __all__ = [
     "seal_reply",
     "signing_key_from_pem",
     "signing_key_to_pem",
+    "verify_probe_request",
 ]

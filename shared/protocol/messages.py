@@ -1,8 +1,11 @@
 """Probe requests and signed replies: the two messages of the wire protocol, to and from bytes.
 
 A message is a frame (shared/framing.py) with magic `BGP1` and kind `P` (probe) or `R` (reply),
-its JSON header listing the blobs. Replies are signed with the cloud's Ed25519 key over the
-whole message before the signature; the header binds the device id, request id and nonce,
+its JSON header listing the blobs, then a 64-byte Ed25519 signature over everything before it.
+Probe requests are signed by the door's own key (registered with the cloud) and their header
+binds the topic, request id, nonce, expiry and the probe's SHA-256, so a relay can neither
+forge nor re-target one. Replies are signed with the cloud's key; the header binds the device
+id, request id and nonce, the SHA-256 of the probe that was scanned (and mode and subject),
 gallery version, a SHA-256 of the result ciphertexts and an expiry. Homomorphic ciphertexts are
 not authenticated (anyone with the public key can encrypt a fake "distance 0"), so a device
 trusts a reply only through `open_reply` and then `blindgate.device.requests.PendingRequests`.
@@ -26,9 +29,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from blindgate.shared.framing import Layout, frame, unframe
 from blindgate.shared.limits import MAX_PROBE_BYTES
 
+from .cloud_keys import ReplyVerifier
 from .errors import ProtocolError
 from .signing import SIGNATURE_BYTES
-from .topics import check_name
+from .topics import check_name, probe_topic
 
 VERSION = 1
 _KIND_PROBE = b"P"
@@ -71,9 +75,22 @@ class ProbeRequest:
     probe: bytes = field(repr=False)
     mode: Mode = Mode.IDENTIFY
     subject: str | None = None  # for Mode.VERIFY
+    topic: str = ""  # the MQTT topic it is published on (signed: a relay cannot re-target it)
+    # what `decode_probe_request` received: the signed bytes and their signature (empty when built locally)
+    signed: bytes = field(default=b"", repr=False, compare=False)
+    signature: bytes = field(default=b"", repr=False, compare=False)
 
     def expired(self, now: float | None = None) -> bool:
         return (time.time() if now is None else now) > self.expires_at
+
+    @property
+    def probe_sha256(self) -> str:
+        """The hex SHA-256 of the probe ciphertext: what the signed reply must name."""
+        return probe_digest(self.probe)
+
+
+def probe_digest(probe: bytes) -> str:
+    return hashlib.sha256(probe).hexdigest()
 
 
 def new_probe_request(
@@ -85,8 +102,12 @@ def new_probe_request(
     mode: str = Mode.IDENTIFY,
     subject: str | None = None,
     now: float | None = None,
+    topic: str | None = None,
 ) -> ProbeRequest:
-    """A request with a fresh request id and nonce, valid for `ttl` seconds."""
+    """A request with a fresh request id and nonce, valid for `ttl` seconds.
+
+    `topic` is where it will be published (default: the device's probe topic under prefix `blindgate`).
+    """
     now = time.time() if now is None else now
     return ProbeRequest(
         site=check_name(site, "site"),
@@ -99,10 +120,12 @@ def new_probe_request(
         probe=probe,
         mode=Mode(mode),
         subject=subject,
+        topic=topic if topic is not None else probe_topic(site, device),
     )
 
 
-def encode_probe_request(req: ProbeRequest) -> bytes:
+def encode_probe_request(req: ProbeRequest, door_key: Ed25519PrivateKey) -> bytes:
+    """Serialize and sign a request with the door's key: everything before the 64-byte signature is covered."""
     header = {
         "v": VERSION,
         "site": req.site,
@@ -114,16 +137,32 @@ def encode_probe_request(req: ProbeRequest) -> bytes:
         "expires_at": req.expires_at,
         "mode": str(req.mode),
         "subject": req.subject,
+        "topic": req.topic,
+        "probe_sha256": req.probe_sha256,
     }
-    return frame(_LAYOUT, header, [req.probe], kind=_KIND_PROBE)
+    body = frame(_LAYOUT, header, [req.probe], kind=_KIND_PROBE)
+    return body + door_key.sign(body)
 
 
 def decode_probe_request(data: bytes) -> ProbeRequest:
-    """Parse and check a probe request received by the cloud (at most MAX_PROBE_BYTES)."""
+    """Parse a probe request received by the cloud (at most MAX_PROBE_BYTES), WITHOUT trusting it.
+
+    The signature is split off and kept; only `verify_probe_request` with the door's registered
+    key makes the request trustworthy.
+    """
     what = "probe request"
-    header, blobs = _unframe(data, _KIND_PROBE, what, MAX_PROBE_BYTES)
+    if not isinstance(data, (bytes, bytearray)):
+        raise ProtocolError(f"{what}: payload must be bytes")
+    if len(data) > MAX_PROBE_BYTES:
+        raise ProtocolError(f"{what}: {len(data)} bytes is more than the {MAX_PROBE_BYTES} allowed")
+    if len(data) < _LAYOUT.head_start + SIGNATURE_BYTES:
+        raise ProtocolError(f"{what}: too short to be a signed request")
+    body, signature = bytes(data[:-SIGNATURE_BYTES]), bytes(data[-SIGNATURE_BYTES:])
+    header, blobs = _unframe(body, _KIND_PROBE, what, MAX_PROBE_BYTES)
     if len(blobs) != 1:
         raise ProtocolError(f"{what}: expected exactly one probe ciphertext")
+    if _field(header, "probe_sha256", str, what) != probe_digest(blobs[0]):
+        raise ProtocolError(f"{what}: probe hash mismatch")
     mode = _mode(_field(header, "mode", str, what), what)
     subject = header.get("subject")
     if mode == Mode.VERIFY and not isinstance(subject, str):
@@ -148,7 +187,23 @@ def decode_probe_request(data: bytes) -> ProbeRequest:
         probe=blobs[0],
         mode=mode,
         subject=subject if mode == Mode.VERIFY else None,
+        topic=_field(header, "topic", str, what),
+        signed=body,
+        signature=signature,
     )
+
+
+def verify_probe_request(req: ProbeRequest | bytes, door_key: Ed25519PublicKey) -> ProbeRequest:
+    """The request, if `door_key` signed exactly these bytes; ProtocolError otherwise."""
+    if not isinstance(req, ProbeRequest):
+        req = decode_probe_request(req)
+    if not req.signed or len(req.signature) != SIGNATURE_BYTES:
+        raise ProtocolError("probe request: not signed")
+    try:
+        door_key.verify(req.signature, req.signed)
+    except InvalidSignature:
+        raise ProtocolError("probe request: bad signature") from None
+    return req
 
 
 # --- replies ----------------------------------------------------------------------------------
@@ -187,6 +242,9 @@ class Reply:
     expires_at: float
     results: tuple[BlockResult, ...] = ()
     message: str = ""
+    probe_sha256: str = ""  # of the probe the cloud scanned; empty only in replies without results
+    mode: str = ""  # the scanned request's Mode ("" in such replies too)
+    subject: str | None = None  # for Mode.VERIFY: the subject compared with
 
 
 def results_digest(results: Iterable[BlockResult]) -> str:
@@ -213,6 +271,9 @@ def seal_reply(reply: Reply, signing_key: Ed25519PrivateKey) -> bytes:
         "message": reply.message,
         "blocks": [r.block for r in reply.results],
         "results_sha256": results_digest(reply.results),
+        "probe_sha256": reply.probe_sha256,
+        "mode": str(reply.mode),
+        "subject": reply.subject,
     }
     blobs = [blob for r in reply.results for blob in (r.occupied, r.ciphertext)]
     body = frame(_LAYOUT, header, blobs, kind=_KIND_REPLY)
@@ -237,7 +298,7 @@ def error_reply(req_or_fields: ProbeRequest | Mapping[str, Any], status: str, me
     )
 
 
-def open_reply(data: bytes, verify_key: Ed25519PublicKey) -> Reply:
+def open_reply(data: bytes, verify_key: ReplyVerifier) -> Reply:
     """Check the cloud's signature and parse a reply. Freshness is `PendingRequests`' job."""
     what = "reply"
     if not isinstance(data, (bytes, bytearray)) or len(data) < _LAYOUT.head_start + SIGNATURE_BYTES:
@@ -267,6 +328,9 @@ def open_reply(data: bytes, verify_key: Ed25519PublicKey) -> Reply:
         expires_at=float(_field(header, "expires_at", (int, float), what)),
         results=results,
         message=str(header.get("message", "")),
+        probe_sha256=_field(header, "probe_sha256", str, what),
+        mode=_field(header, "mode", str, what),
+        subject=_optional_str(header, "subject", what),
     )
 
 
@@ -289,6 +353,13 @@ def _mode(value: str, what: str) -> Mode:
         return Mode(value)
     except ValueError:
         raise ProtocolError(f"{what}: unknown mode {value!r}") from None
+
+
+def _optional_str(header: dict[str, Any], name: str, what: str) -> str | None:
+    value = header.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ProtocolError(f"{what}: field {name!r} not str or null")
+    return value
 
 
 def _is_index(value: object) -> bool:

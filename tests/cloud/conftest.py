@@ -19,7 +19,14 @@ from paho.mqtt.properties import Properties
 
 from blindgate.shared.config import CloudConfig, MQTTConfig
 from blindgate.shared.engine import generate_site_keys
-from blindgate.shared.protocol import encode_probe_request, new_probe_request, probe_topic, reply_topic
+from blindgate.shared.protocol import (
+    encode_probe_request,
+    new_probe_request,
+    new_signing_key,
+    probe_topic,
+    public_key_to_text,
+    reply_topic,
+)
 from tests.broker import Broker
 
 
@@ -46,25 +53,38 @@ def cloud_config(state_dir: Path, broker: Broker | None = None, **overrides: Any
     return CloudConfig(**values)
 
 
-def enroll_headers(token: str, key_id: str, label: bytes = b"encrypted-label") -> dict:
-    return {
+def enroll_headers(
+    token: str, key_id: str, label: bytes = b"encrypted-label", subject: str | None = None, sealed: bytes | None = None
+) -> dict:
+    """Enrollment headers; `subject` (the device's chosen id) and `sealed` (its sealed template) when given."""
+    headers = {
         "Authorization": f"Bearer {token}",
         "X-Blindgate-Key-Id": key_id,
         "X-Blindgate-Label": base64.b64encode(label).decode(),
         "Content-Type": "application/octet-stream",
     }
+    if subject is not None:
+        headers["X-Blindgate-Subject"] = subject
+    if sealed is not None:
+        headers["X-Blindgate-Sealed"] = base64.b64encode(sealed).decode()
+    return headers
 
 
 class Device:
-    """A door device's MQTT side: publishes probes, collects (message, properties) replies."""
+    """A door device's MQTT side: publishes probes signed with its door key, collects (message, properties) replies.
 
-    def __init__(self, host: str, port: int, site: str, device: str) -> None:
+    Its key must be registered for its site: `door_headers()` at registration, or `register_door`.
+    """
+
+    def __init__(self, host: str, port: int, site: str, device: str, tag: str = "", door_key: Any = None) -> None:
         self.site, self.device = site, device
+        self.door_key = door_key or new_signing_key()  # an Ed25519PrivateKey
+        self.token = ""  # the site's token, when a test keeps it here
         self.host, self.port = host, port
         self.subscribed = threading.Event()  # set while the reply subscription is granted
         self.replies: queue.Queue = queue.Queue()
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"test-{site}-{device}-{os.getpid()}", protocol=mqtt.MQTTv5
+            CallbackAPIVersion.VERSION2, client_id=f"test-{site}-{device}-{os.getpid()}{tag}", protocol=mqtt.MQTTv5
         )
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(reply_topic(site, device), qos=1)
         self.client.on_disconnect = lambda c, u, f, rc, p: self.subscribed.clear()
@@ -89,9 +109,17 @@ class Device:
         props.MessageExpiryInterval = max(1, math.ceil(ttl))
         self.client.publish(topic or probe_topic(self.site, self.device), payload, qos=1, properties=props).wait_for_publish(5)
 
+    @property
+    def public_key(self) -> str:
+        return public_key_to_text(self.door_key.public_key())
+
+    def door_headers(self) -> dict[str, str]:
+        """Headers that register this door's key along with its site (POST /v1/sites/{site})."""
+        return {"X-Blindgate-Door": self.device, "X-Blindgate-Door-Key": self.public_key}
+
     def probe(self, key_id: str, probe: bytes, ttl: float = 10.0, **kwargs):
         req = new_probe_request(self.site, self.device, key_id, probe, ttl=ttl, **kwargs)
-        self.publish_raw(encode_probe_request(req), request_id=req.request_id, ttl=ttl)
+        self.publish_raw(encode_probe_request(req, self.door_key), request_id=req.request_id, ttl=ttl)
         return req
 
     def reply(self, timeout: float = 20.0) -> mqtt.MQTTMessage:
@@ -100,3 +128,13 @@ class Device:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+async def register_door(client, token: str, device: Device) -> None:
+    """Register `device`'s door key with its site through the API (aiohttp test client)."""
+    resp = await client.put(
+        f"/v1/sites/{device.site}/doors/{device.device}",
+        json={"public_key": device.public_key},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert resp.status in (200, 201), await resp.text()

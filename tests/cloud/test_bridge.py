@@ -4,26 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import pytest_asyncio
 
 from blindgate.cloud.app import create_app
-from blindgate.cloud.resources import BRIDGE, METRICS
+from blindgate.cloud.request_auth import NOT_AUTHENTIC
+from blindgate.cloud.resources import BRIDGE, METRICS, STORE
 from blindgate.device.requests import PendingRequests
 from blindgate.shared.engine import decode_scan, decode_verify, encrypt_enrollment, encrypt_probe
+from blindgate.shared.engine.context import LEVEL_PROBE
 from blindgate.shared.protocol import (
     MAX_PROBE_BYTES,
     Mode,
     ReplyStatus,
     encode_probe_request,
     new_probe_request,
+    new_signing_key,
     open_reply,
     public_key_from_text,
 )
+from tests.shared.engine import tamper
 
-from .conftest import Device, cloud_config, embeddings, enroll_headers
+from .conftest import Device, cloud_config, embeddings, enroll_headers, register_door
 
 pytestmark = pytest.mark.asyncio
 FACES = embeddings(4, seed=11)
@@ -33,7 +39,8 @@ FACES = embeddings(4, seed=11)
 async def service(broker, aiohttp_client, tmp_path, site_keys):
     """A running service (HTTP + MQTT) with site "home" holding FACES, and a device "door1"."""
     client = await aiohttp_client(create_app(cloud_config(tmp_path / "state", broker), mqtt=True))
-    resp = await client.post("/v1/sites/home", data=site_keys.evaluation_bytes)
+    device = Device(broker.host, broker.port, "home", "door1")
+    resp = await client.post("/v1/sites/home", data=site_keys.evaluation_bytes, headers=device.door_headers())
     info = await resp.json()
     subjects = []
     for face in FACES:
@@ -44,7 +51,7 @@ async def service(broker, aiohttp_client, tmp_path, site_keys):
         )
         subjects.append((await resp.json())["subject"])
     assert await asyncio.to_thread(client.app[BRIDGE].subscribed.wait, 10), "the bridge never subscribed"
-    device = Device(broker.host, broker.port, "home", "door1")
+    device.token = info["token"]  # the site token, for registering door keys
     yield client, public_key_from_text(info["cloud_public_key"]), device, subjects
     device.close()
 
@@ -66,6 +73,7 @@ async def test_identify_round_trip(service, site_keys):
     reply = open_reply(msg.payload, cloud_key)
     assert pending.accept(reply) == req
     assert reply.status == "ok" and reply.gallery_version == 4 and len(reply.results) == 1
+    assert (reply.probe_sha256, reply.mode, reply.subject) == (req.probe_sha256, "identify", None)  # signed binding
     occupancy = [r.occupancy() for r in reply.results]
     match = decode_scan(site_keys, face, [r.ciphertext for r in reply.results], occupancy)
     assert match.best is not None and match.best.slot == 2
@@ -80,6 +88,7 @@ async def test_verify_mode(service, site_keys):
     req = device.probe(site_keys.key_id, encrypt_probe(site_keys, face), mode=Mode.VERIFY, subject=subjects[1])
     reply = open_reply((await reply_of(device)).payload, cloud_key)
     assert reply.request_id == req.request_id and reply.status == "ok" and len(reply.results) == 1
+    assert (reply.probe_sha256, reply.mode, reply.subject) == (req.probe_sha256, "verify", subjects[1])
     occupied = reply.results[0].occupancy()
     assert occupied.sum() == 1 and occupied[1] == 1
     assert decode_verify(site_keys, reply.results[0].ciphertext) < 1e-2
@@ -92,7 +101,7 @@ async def test_bad_payloads_refused_then_good_probe_answered(service, site_keys,
     client, cloud_key, device, _ = service
     probe = encrypt_probe(site_keys, FACES[0])
     good = new_probe_request("home", "door1", site_keys.key_id, probe)
-    encoded = encode_probe_request(good)
+    encoded = encode_probe_request(good, device.door_key)
     rid = "ab" * 16
     for payload in (b"garbage", encoded[: len(encoded) // 2], b"\x00" * (MAX_PROBE_BYTES + 10), b""):
         device.publish_raw(payload, request_id=rid)
@@ -100,7 +109,7 @@ async def test_bad_payloads_refused_then_good_probe_answered(service, site_keys,
         assert reply.status == "error" and reply.request_id == rid and reply.results == ()
     # a well-framed request whose ciphertext is garbage
     bad_ct = new_probe_request("home", "door1", site_keys.key_id, b"\x00" * 5000)
-    device.publish_raw(encode_probe_request(bad_ct), request_id=bad_ct.request_id)
+    device.publish_raw(encode_probe_request(bad_ct, device.door_key), request_id=bad_ct.request_id)
     reply = open_reply((await reply_of(device)).payload, cloud_key)
     assert reply.status == "error" and reply.request_id == bad_ct.request_id
     # unknown site (topic and header agree) and a wrong key id
@@ -108,7 +117,7 @@ async def test_bad_payloads_refused_then_good_probe_answered(service, site_keys,
     try:
         req = stranger.probe(site_keys.key_id, probe)
         reply = open_reply((await reply_of(stranger)).payload, cloud_key)
-        assert reply.status == "error" and "not registered" in reply.message and reply.request_id == req.request_id
+        assert reply.status == "error" and reply.message == NOT_AUTHENTIC and reply.request_id == req.request_id
     finally:
         stranger.close()
     req = device.probe(other_keys.key_id, encrypt_probe(other_keys, FACES[0]))
@@ -116,7 +125,7 @@ async def test_bad_payloads_refused_then_good_probe_answered(service, site_keys,
     assert reply.status == "error" and "key id" in reply.message
     # header says another device than the topic
     other = new_probe_request("home", "door2", site_keys.key_id, probe)
-    device.publish_raw(encode_probe_request(other), request_id=other.request_id)
+    device.publish_raw(encode_probe_request(other, device.door_key), request_id=other.request_id)
     reply = open_reply((await reply_of(device)).payload, cloud_key)
     assert reply.status == "error"
     # without a response topic: dropped and counted, no reply
@@ -160,3 +169,123 @@ async def test_resubscribes_after_broker_restart(service, broker, site_keys):
     req = device.probe(site_keys.key_id, encrypt_probe(site_keys, FACES[3]))
     reply = open_reply((await reply_of(device)).payload, cloud_key)
     assert reply.status == "ok" and reply.request_id == req.request_id
+
+
+# --- authenticated requests (cloud/request_auth.py) ------------------------------------------------
+
+
+async def ok_probe(device, cloud_key, site_keys, face=FACES[0]):
+    """The positive control: an honest, signed probe of a registered door is scanned."""
+    req = device.probe(site_keys.key_id, encrypt_probe(site_keys, face))
+    reply = open_reply((await reply_of(device)).payload, cloud_key)
+    assert reply.status == "ok" and reply.request_id == req.request_id and reply.probe_sha256 == req.probe_sha256
+    return reply
+
+
+async def test_request_signed_by_an_unregistered_key_is_not_scanned(service, site_keys):
+    client, cloud_key, device, _ = service
+    metrics = client.app[METRICS]
+    impostor = Device(device.host, device.port, "home", "door1", tag="-impostor")  # same door, an unregistered key
+    try:
+        req = impostor.probe(site_keys.key_id, encrypt_probe(site_keys, FACES[0]))
+        replies = [open_reply((await reply_of(d)).payload, cloud_key) for d in (impostor, device)]
+    finally:
+        impostor.close()
+    for reply in replies:  # both subscribers of the reply topic get the one error reply
+        assert reply.status == "error" and reply.message == NOT_AUTHENTIC and reply.results == ()
+        assert reply.request_id == req.request_id
+    assert metrics.get("blindgate_probes_refused_total", reason="not_authentic") == 1
+    assert metrics.get("blindgate_probes_answered_total", status="ok") == 0  # no scan
+    await ok_probe(device, cloud_key, site_keys)
+
+
+async def test_unknown_door_and_bad_signature_look_the_same(service, site_keys):
+    client, cloud_key, device, _ = service
+    unknown = Device(device.host, device.port, "home", "door7")  # a door that was never registered
+    try:
+        unknown.probe(site_keys.key_id, encrypt_probe(site_keys, FACES[0]))
+        reply = open_reply((await reply_of(unknown)).payload, cloud_key)
+    finally:
+        unknown.close()
+    assert reply.status == "error" and reply.message == NOT_AUTHENTIC
+
+
+async def test_replayed_request_gets_no_second_scan(service, site_keys):
+    client, cloud_key, device, _ = service
+    req = new_probe_request("home", "door1", site_keys.key_id, encrypt_probe(site_keys, FACES[1]))
+    payload = encode_probe_request(req, device.door_key)
+    device.publish_raw(payload, request_id=req.request_id)
+    assert open_reply((await reply_of(device)).payload, cloud_key).status == "ok"  # positive control
+    device.publish_raw(payload, request_id=req.request_id)  # what a relay recorded, sent again
+    await ok_probe(device, cloud_key, site_keys)  # the next honest probe's reply is the next to arrive
+    metrics = client.app[METRICS]
+    assert metrics.get("blindgate_probes_dropped_total", reason="replayed") == 1
+    assert metrics.get("blindgate_probes_answered_total", status="ok") == 2
+
+
+async def test_substituted_probe_is_not_scanned(service, site_keys):
+    """A relay swaps a recorded probe into a fresh signed request: hash or signature fails, no scan."""
+    client, cloud_key, device, _ = service
+    recorded = encrypt_probe(site_keys, FACES[2])
+    fresh = new_probe_request("home", "door1", site_keys.key_id, encrypt_probe(site_keys, FACES[3]))
+    signed = encode_probe_request(fresh, device.door_key)
+    forged = encode_probe_request(replace(fresh, probe=recorded), device.door_key)  # re-hashed header...
+    swapped = forged[:-64] + signed[-64:]  # ...with the door's real signature of the fresh request
+    naive = signed[: signed.index(fresh.probe)] + recorded + signed[-64:]  # blob swapped, header kept
+    for payload in (swapped, naive):
+        device.publish_raw(payload, request_id=fresh.request_id)
+        reply = open_reply((await reply_of(device)).payload, cloud_key)
+        assert reply.status == "error" and reply.results == () and reply.request_id == fresh.request_id
+    assert client.app[METRICS].get("blindgate_probes_answered_total", status="ok") == 0
+    await ok_probe(device, cloud_key, site_keys)
+
+
+async def test_signed_topic_and_freshness_are_checked(service, site_keys):
+    client, cloud_key, device, _ = service
+    probe = encrypt_probe(site_keys, FACES[0])
+    now = time.time()
+    cases = [
+        (dict(topic="elsewhere/home/door1/probe"), "signed topic differs"),
+        (dict(now=now + 60), "issued in the future"),
+        (dict(ttl=3600), "valid for longer than"),
+    ]
+    for change, message in cases:
+        req = new_probe_request("home", "door1", site_keys.key_id, probe, **change)
+        device.publish_raw(encode_probe_request(req, device.door_key), request_id=req.request_id)
+        reply = open_reply((await reply_of(device)).payload, cloud_key)
+        assert reply.status == "error" and message in reply.message
+    await ok_probe(device, cloud_key, site_keys)
+
+
+async def test_rotated_door_key_is_used_without_re_enrollment(service, site_keys):
+    client, cloud_key, device, _ = service
+    await ok_probe(device, cloud_key, site_keys)  # caches door1's key in the bridge
+    old_key = device.door_key
+    device.door_key = new_signing_key()
+    await register_door(client, device.token, device)  # PUT /v1/sites/home/doors/door1
+    await ok_probe(device, cloud_key, site_keys)
+    device.door_key = old_key
+    device.probe(site_keys.key_id, encrypt_probe(site_keys, FACES[0]))
+    assert open_reply((await reply_of(device)).payload, cloud_key).message == NOT_AUTHENTIC
+    # another process (here: the store directly) rotates it: a failed verification re-reads the key
+    device.door_key = new_signing_key()
+    await asyncio.to_thread(client.app[STORE].doors.put, "home", "door1", device.door_key.public_key().public_bytes_raw())
+    await ok_probe(device, cloud_key, site_keys)
+
+
+async def test_transparent_or_nan_scale_probe_gets_an_error_reply(service, site_keys):
+    """Hostile probe ciphertexts are refused before any arithmetic: a signed error, no result."""
+    client, cloud_key, device, _ = service
+    ctx, honest = site_keys.context, encrypt_probe(site_keys, FACES[1])
+    for name, bad in (
+        ("transparent", tamper.transparent(ctx, honest, LEVEL_PROBE)),
+        ("nan scale", tamper.nan_scale(ctx, honest, LEVEL_PROBE)),
+    ):
+        req = device.probe(site_keys.key_id, bad)
+        reply = open_reply((await reply_of(device)).payload, cloud_key)
+        assert (reply.status, reply.request_id, reply.results) == ("error", req.request_id, ()), name
+        assert ("transparent" if name == "transparent" else "scale nan") in reply.message
+    # positive control: the honest probe is answered with a result
+    req = device.probe(site_keys.key_id, honest)
+    reply = open_reply((await reply_of(device)).payload, cloud_key)
+    assert reply.status == "ok" and reply.request_id == req.request_id and len(reply.results) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 
 import pytest
@@ -11,8 +12,10 @@ import pytest_asyncio
 from blindgate.cloud.app import create_app
 from blindgate.cloud.resources import POOL
 from blindgate.shared.engine import decode_scan, encrypt_enrollment, encrypt_probe
+from blindgate.shared.engine.context import LEVEL_ENROLL
 from blindgate.shared.limits import MAX_BUNDLE_BYTES, MAX_ENROLLMENT_BYTES
 from blindgate.shared.protocol import public_key_from_text
+from tests.shared.engine import tamper
 
 from .conftest import cloud_config, embeddings, enroll_headers
 
@@ -35,14 +38,18 @@ async def register(client, site_keys, site="home"):
     return await resp.json()
 
 
-async def enroll(client, site_keys, token, embedding, site="home", label=b"label"):
+async def enroll(client, site_keys, token, embedding, site="home", label=b"label", subject=None, sealed=b"sealed-blob"):
+    """Enroll as a device does: its own subject id and an (opaque, here fake) sealed template."""
+    subject = subject or secrets.token_hex(16)
     resp = await client.post(
         f"/v1/sites/{site}/subjects",
         data=encrypt_enrollment(site_keys, embedding),
-        headers=enroll_headers(token, site_keys.key_id, label),
+        headers=enroll_headers(token, site_keys.key_id, label, subject=subject, sealed=sealed),
     )
     assert resp.status == 201, await resp.text()
-    return await resp.json()
+    answer = await resp.json()
+    assert answer["subject"] == subject
+    return answer
 
 
 async def scan_decodes(client, site_keys, faces, expect_slots):
@@ -182,3 +189,25 @@ async def test_healthz_fast_while_scanning(client, site_keys):
         await asyncio.sleep(0.02)
     await asyncio.gather(*scans)
     assert worst < 0.1, worst
+
+
+async def test_transparent_or_nan_scale_enrollment_is_400_and_nothing_is_stored(client, site_keys):
+    info = await register(client, site_keys)
+    token, auth = info["token"], {"Authorization": f"Bearer {info['token']}"}
+    first = await enroll(client, site_keys, token, embeddings(1, seed=6)[0])  # positive control
+    before = await (await client.get("/v1/sites/home/stats", headers=auth)).json()
+    ctx, honest = site_keys.context, encrypt_enrollment(site_keys, embeddings(1, seed=7)[0])
+    for name, bad in (
+        ("transparent", tamper.transparent(ctx, honest, LEVEL_ENROLL)),
+        ("scale nan", tamper.nan_scale(ctx, honest, LEVEL_ENROLL)),
+    ):
+        headers = enroll_headers(token, site_keys.key_id, subject=secrets.token_hex(16), sealed=b"sealed-blob")
+        resp = await client.post("/v1/sites/home/subjects", data=bad, headers=headers)
+        assert resp.status == 400, await resp.text()
+        assert name in (await resp.json())["error"]
+    after = await (await client.get("/v1/sites/home/stats", headers=auth)).json()
+    assert (after["subjects"], after["gallery_version"]) == (before["subjects"], before["gallery_version"]) == (1, 1)
+    listing = await (await client.get("/v1/sites/home/subjects", headers=auth)).json()
+    assert [s["subject"] for s in listing["subjects"]] == [first["subject"]]
+    second = await enroll(client, site_keys, token, embeddings(1, seed=7)[0])  # the honest one still enrolls
+    assert second["gallery_version"] == 2

@@ -15,11 +15,16 @@ import pytest
 
 from blindgate.shared.engine import decode_scan, encrypt_enrollment, encrypt_probe
 from blindgate.shared.launch import CloudService
-from blindgate.shared.protocol import Reply, open_reply, public_key_from_text
+from blindgate.shared.protocol import Reply, new_signing_key, open_reply, public_key_from_text, public_key_to_text
 
 from .conftest import Device, embeddings, enroll_headers
 
 FACES = embeddings(3, seed=21)
+DOOR_KEY = new_signing_key()  # door1's request-signing key, registered with the site
+
+
+def door1(broker) -> Device:
+    return Device(broker.host, broker.port, "home", "door1", door_key=DOOR_KEY)
 
 
 def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 30.0):
@@ -47,7 +52,8 @@ def counter(url: str, name: str) -> float:
 
 
 def register_and_enroll(url: str, site_keys, faces) -> tuple[dict, list[str]]:
-    status, info = http("POST", f"{url}/v1/sites/home", site_keys.evaluation_bytes)
+    door = {"X-Blindgate-Door": "door1", "X-Blindgate-Door-Key": public_key_to_text(DOOR_KEY.public_key())}
+    status, info = http("POST", f"{url}/v1/sites/home", site_keys.evaluation_bytes, door)
     assert status == 201, info
     subjects = []
     for face in faces:
@@ -91,7 +97,7 @@ def test_shared_subscription_two_processes(broker, services, site_keys):
     cloud_key = public_key_from_text(info["cloud_public_key"])
     # both processes share the state dir, hence the key and the gallery
     assert http("GET", f"{second.url}/v1/cloud-key")[1]["cloud_public_key"] == info["cloud_public_key"]
-    device = Device(broker.host, broker.port, "home", "door1")
+    device = door1(broker)
     try:
         probe = encrypt_probe(site_keys, FACES[1])
         sent = [device.probe(site_keys.key_id, probe).request_id for _ in range(12)]  # within 2 x queue_size 8
@@ -118,7 +124,7 @@ def test_restart_keeps_gallery_and_sigterm_is_clean(broker, services, site_keys)
     first = services()
     info, subjects = register_and_enroll(first.url, site_keys, FACES)
     cloud_key = public_key_from_text(info["cloud_public_key"])
-    device = Device(broker.host, broker.port, "home", "door1")
+    device = door1(broker)
     try:
         probe = encrypt_probe(site_keys, FACES[0])
         sent = {device.probe(site_keys.key_id, probe).request_id for _ in range(4)}
@@ -135,7 +141,7 @@ def test_restart_keeps_gallery_and_sigterm_is_clean(broker, services, site_keys)
     status, listing = http("GET", f"{second.url}/v1/sites/home/subjects", headers={"Authorization": f"Bearer {info['token']}"})
     assert status == 200 and [s["subject"] for s in listing["subjects"]] == subjects
     assert http("GET", f"{second.url}/v1/cloud-key")[1]["cloud_public_key"] == info["cloud_public_key"]
-    device = Device(broker.host, broker.port, "home", "door1")
+    device = door1(broker)
     try:
         assert_matches(device, cloud_key, site_keys, FACES[2], 2)
     finally:
@@ -177,7 +183,7 @@ def test_kill_during_enrollment(broker, services, site_keys):
     assert set(committed) <= set(listed) and len(listed) - len(subjects) - len(committed) in (0, 1)
     status, stats = http("GET", f"{second.url}/v1/sites/home/stats", headers={"Authorization": f"Bearer {info['token']}"})
     assert stats["subjects"] == len(listed) and stats["gallery_version"] == len(listed)
-    device = Device(broker.host, broker.port, "home", "door1")
+    device = door1(broker)
     try:
         assert_matches(device, cloud_key, site_keys, FACES[1], 1)
         for index in range(len(listed) - len(subjects)):

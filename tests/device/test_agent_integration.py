@@ -17,7 +17,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from blindgate.device.agent import Agent, open_configured_camera
+from blindgate.device.agent import Agent
+from blindgate.device.build import build_agent, open_configured_camera
 from blindgate.device.cli import main as device_main
 from blindgate.device.lock import Lock
 from blindgate.shared.config import DeviceConfig, load_config
@@ -87,7 +88,7 @@ def run_agent(config_path: Path) -> tuple[Agent, list[tuple[float, int]]]:
     config = load_config(DeviceConfig, config_path, env={})
     lock = Lock("GPIO17", pin_factory="mock")
     pin = lock.pin
-    agent = Agent.from_config(config, lock=lock)
+    agent = build_agent(config, lock=lock)
     agent.seen_events = []
 
     def record(verdict, decision):

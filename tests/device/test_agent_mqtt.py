@@ -12,8 +12,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from blindgate.device.agent import Agent
 from blindgate.device.decision import VerdictKind
 from blindgate.device.directory import SubjectDirectory
+from blindgate.device.integrity import TemplateCheck
 from blindgate.device.labels import LabelCipher
 from blindgate.device.lock import Lock
+from blindgate.device.sealing import TemplateSealer
 from blindgate.shared.config import DecisionConfig, DeviceConfig, MQTTConfig
 from blindgate.shared.engine import generate_site_keys
 from blindgate.shared.protocol import decode_probe_request, new_signing_key
@@ -68,7 +70,9 @@ def agent(broker, keys, tmp_path):
         decision=DecisionConfig(reply_timeout=1.0),
     )
     directory = SubjectDirectory(lambda: {"gallery_version": 0, "subjects": []}, LabelCipher.load(tmp_path, "home"))
-    a = Agent(config, keys, new_signing_key().public_key(), directory, Lock("GPIO17", pin_factory="mock"))
+    TemplateSealer.create_key(tmp_path)
+    nothing_sealed = TemplateCheck({}.__getitem__, TemplateSealer.load(tmp_path, "home"), keys.key_id, config.decision)
+    a = Agent(config, keys, new_signing_key().public_key(), directory, Lock("GPIO17", pin_factory="mock"), nothing_sealed)
     yield a
     a.close()
 

@@ -19,11 +19,14 @@ from blindgate.device.agent import Agent
 from blindgate.device.audit import AuditLog
 from blindgate.device.decision import VerdictKind
 from blindgate.device.directory import SubjectDirectory
+from blindgate.device.integrity import TemplateCheck
 from blindgate.device.labels import LabelCipher
 from blindgate.device.link import MqttLink
 from blindgate.device.lock import Lock
+from blindgate.device.sealing import TemplateSealer
 from blindgate.shared.config import DecisionConfig, DeviceConfig
 from blindgate.shared.engine import Gallery, encrypt_enrollment, encrypt_probe, generate_site_keys, scan
+from blindgate.shared.engine.context import LEVEL_REPLY
 from blindgate.shared.protocol import (
     BlockResult,
     Reply,
@@ -32,6 +35,7 @@ from blindgate.shared.protocol import (
     new_signing_key,
     seal_reply,
 )
+from tests.shared.engine import tamper
 
 SITE, DEVICE, VERSION = "home", "door1", 7
 MATCH, UNKNOWN, DOUBT, REJECTED = VerdictKind.MATCH, VerdictKind.UNKNOWN, VerdictKind.DOUBT, VerdictKind.REJECTED
@@ -70,6 +74,12 @@ def world(tmp_path_factory):
     state = tmp_path_factory.mktemp("state")
     LabelCipher.create_key(state)
     labels = LabelCipher.load(state, SITE)
+    TemplateSealer.create_key(state)
+    sealer = TemplateSealer.load(state, SITE)
+    sealed_templates = {
+        subject: sealer.seal(subject, keys.key_id, template, name)
+        for subject, template, name in (("s-alice", alice, "Alice"), ("s-bob", bob, "Bob"))
+    }
     listing = {
         "gallery_version": VERSION,
         "subjects": [
@@ -86,6 +96,8 @@ def world(tmp_path_factory):
         alice=alice + rng.normal(0, 0.01, 128),
         stranger=stranger,
         signer=new_signing_key(),
+        sealer=sealer,
+        sealed_templates=sealed_templates,
     )
 
 
@@ -106,12 +118,14 @@ def agent(world, tmp_path, clock):
     directory = SubjectDirectory(fetch, world.labels)
     lock = Lock("GPIO17", pin_factory="mock")
     link = RecordingLink(config)
+    integrity = TemplateCheck(world.sealed_templates.__getitem__, world.sealer, world.keys.key_id, config.decision)
     a = Agent(
         config,
         world.keys,
         world.signer.public_key(),
         directory,
         lock,
+        integrity,
         audit=AuditLog(tmp_path / "audit.jsonl"),
         clock=clock,
         link=link,
@@ -142,6 +156,9 @@ def sealed(world, req, embedding=None, signer=None, **changes):
         gallery_version=VERSION,
         expires_at=time.time() + 10,
         results=results,
+        probe_sha256=req.probe_sha256,
+        mode=str(req.mode),
+        subject=req.subject,
     )
     fields.update(changes)
     return seal_reply(Reply(**fields), signer or world.signer)
@@ -223,6 +240,20 @@ def _unknown_request(world, req):
     return [sealed(world, other)]
 
 
+def _substituted_probe(world, req):
+    """A relay swapped a recorded resident's probe into this request: the cloud signed that probe's hash."""
+    recorded = new_probe_request(SITE, DEVICE, world.keys.key_id, encrypt_probe(world.keys, world.alice))
+    return [sealed(world, req, probe_sha256=recorded.probe_sha256)]
+
+
+def _unbound_ok(world, req):
+    return [sealed(world, req, probe_sha256="", mode="")]  # an ok reply that names no probe
+
+
+def _other_mode(world, req):
+    return [sealed(world, req, mode="verify", subject="s-alice")]
+
+
 def _garbage(world, req):
     return [b"", b"garbage", b"BGP1R" + bytes(200), np.random.default_rng(1).bytes(5000)]
 
@@ -260,6 +291,9 @@ def _newer_gallery_unlisted(world, req):
         (_other_site, "no reply in time"),
         (_wrong_nonce, "no reply in time"),
         (_unknown_request, "no reply in time"),
+        (_substituted_probe, "no reply in time"),
+        (_unbound_ok, "no reply in time"),
+        (_other_mode, "no reply in time"),
         (_garbage, "no reply in time"),
         (_busy, "busy"),
         (_error, "error"),
@@ -355,3 +389,38 @@ def test_observers_see_every_decision_and_each_lock_change(agent, world, clock):
     clock.now += agent.config.decision.open_seconds
     agent.tick()
     assert lock_states == ["UNLOCKED", "LOCKED"]
+
+
+def test_reply_to_a_substituted_probe_is_refused_with_its_reason(agent, world):
+    req = request(agent)
+    recorded = new_probe_request(SITE, DEVICE, world.keys.key_id, b"a resident's recorded probe")
+    verdict = agent.handle_reply(sealed(world, req, probe_sha256=recorded.probe_sha256), False, world.alice)
+    assert verdict.kind == REJECTED and "probe hash mismatch" in verdict.reason
+    assert agent.handle_reply(sealed(world, req), False, world.alice).kind == MATCH  # positive control
+
+
+def test_signed_transparent_or_nan_scale_results_never_open(agent, world):
+    """A result with c1 = 0 'decrypts' to whatever its sender chose (here: distance 0 to Alice for a
+    stranger); one with a NaN scale slips past `abs(nan - x) > tol`. Both are refused, even signed."""
+    ctx, x = world.keys.context, world.stranger
+    norm2 = float(x @ x)
+    attacks = {
+        "transparent": lambda ct: tamper.transparent(ctx, ct, LEVEL_REPLY, values=[-norm2] * 4096),
+        "scale nan": lambda ct: tamper.nan_scale(ctx, ct, LEVEL_REPLY),
+    }
+    honest = scan(world.gallery, encrypt_probe(world.keys, x))[0]
+    for name, attack in attacks.items():
+        forged = (BlockResult.of(0, world.gallery.blocks[0].occupied, attack(honest)),)
+
+        def replies(req, forged=forged):
+            return [sealed(world, req, embedding=x, results=forged)]
+
+        for _ in range(3):
+            verdict, decision = frame(agent, world, replies, embedding=x)
+            assert verdict.kind == DOUBT and name in verdict.reason, verdict
+            assert not decision.unlock
+    assert_locked(agent)
+    # positive control: the honest replies for Alice still open the door
+    frame(agent, world, lambda req: [sealed(world, req)])
+    _, decision = frame(agent, world, lambda req: [sealed(world, req)])
+    assert decision.unlock and not agent.lock.is_locked

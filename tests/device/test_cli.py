@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from blindgate.device.cli import UsageError, main, template_from
+from blindgate.device.site_state import SiteState
 
 
 def test_template_is_the_mean_of_consistent_faces():
@@ -37,7 +38,7 @@ def test_init_creates_private_key_files_even_when_cloud_is_down(tmp_path, monkey
     monkeypatch.setenv("BLINDGATE_CLOUD_URL", "http://127.0.0.1:9")
     assert main(["init"]) == 1
     assert "unreachable" in capsys.readouterr().err
-    for name in ("site.keys", "label.key"):
+    for name in ("site.keys", "label.key", "template.key", "door.key"):
         assert stat.S_IMODE(os.stat(state / name).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(state).st_mode) == 0o700
     assert not (state / "cloud.json").exists()
@@ -61,3 +62,19 @@ def test_config_is_accepted_before_or_after_the_sub_command(tmp_path, capsys, mo
     missing = ["run", "--config", str(tmp_path / "missing.toml")]
     assert main(missing) == 2
     assert "missing.toml not found" in capsys.readouterr().err
+
+
+def test_remove_denies_on_the_device_before_the_cloud_answers(tmp_path, monkeypatch, capsys):
+    state = tmp_path / "state"
+    monkeypatch.setenv("BLINDGATE_STATE_DIR", str(state))
+    monkeypatch.setenv("BLINDGATE_CLOUD_URL", "http://127.0.0.1:9")  # nothing listens: the cloud is down
+    main(["init"])
+    (state / "cloud.json").write_text(
+        '{"site": "home", "key_id": "k", "token": "t", "cloud_public_key": "' + "ab" * 32 + '", "cloud_url": ""}'
+    )
+    subject = "5e" * 16
+    assert main(["remove", subject]) == 1
+    assert "unreachable" in capsys.readouterr().err
+    assert SiteState(state, "home").is_denied(subject)
+    assert not SiteState(state, "home").is_denied("6f" * 16)
+    assert stat.S_IMODE(os.stat(state / "site_state.json").st_mode) == 0o600

@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from blindgate.device.cloud_client import CloudClient, CloudError
+from blindgate.shared.limits import MAX_SEALED_BYTES
 
 SEEN: list[tuple[str, str, dict[str, str], bytes]] = []
 
@@ -40,6 +41,13 @@ class Handler(BaseHTTPRequestHandler):
         SEEN.append((self.command, self.path, dict(self.headers), b""))
         if self.path == "/v1/cloud-key":
             self._answer(200, {"cloud_public_key": "cd" * 32})
+        elif self.path.endswith("/sealed") and self.headers.get("Authorization") == "Bearer t0k":
+            data = b"\x00sealed" if "big" not in self.path else b"x" * (MAX_SEALED_BYTES + 1)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
         else:
             self._answer(404, {"error": "unknown site"})
 
@@ -90,3 +98,19 @@ def test_unreachable_cloud():
     with pytest.raises(CloudError) as exc:
         CloudClient("http://127.0.0.1:9", "home", timeout=2).stats()
     assert exc.value.status == 0 and "unreachable" in str(exc.value)
+
+
+def test_enroll_with_chosen_subject_and_sealed_blob_and_fetch_it(server):
+    client = CloudClient(server, "home", token="t0k")
+    client.enroll(b"ct", b"label", "k1", subject="ab" * 16, sealed=b"\x00\xffsealed")
+    headers = SEEN[-1][2]
+    assert headers["X-Blindgate-Subject"] == "ab" * 16
+    assert base64.b64decode(headers["X-Blindgate-Sealed"]) == b"\x00\xffsealed"
+    assert client.sealed("ab" * 16) == b"\x00sealed"
+    assert SEEN[-1][1] == f"/v1/sites/home/subjects/{'ab' * 16}/sealed"
+    assert SEEN[-1][2]["Accept"] == "application/octet-stream"
+    with pytest.raises(CloudError):
+        client.sealed("big")  # more than a sealed template can be
+    with pytest.raises(CloudError) as exc:
+        CloudClient(server, "home", token="wrong").sealed("ab" * 16)
+    assert exc.value.status == 404

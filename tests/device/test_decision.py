@@ -52,7 +52,7 @@ def test_the_config_moves_the_boundary():
 
 def test_kinds_and_events_keep_their_wire_strings():
     assert [str(k) for k in VerdictKind] == ["match", "unknown", "doubt", "rejected"]
-    assert [str(e) for e in DoorEvent] == ["recognized", "unknown", "denied"]
+    assert [str(e) for e in DoorEvent] == ["recognized", "unknown", "denied", "cloud_integrity"]
     assert f"verdict_{VerdictKind.MATCH}" == "verdict_match"
 
 

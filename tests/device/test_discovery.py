@@ -31,7 +31,7 @@ def test_topics_are_the_doors():
     assert lock["availability_topic"] == "blindgate/home/door1/availability"
     assert lock["command_topic"] == "blindgate/home/door1/lock/set" and lock["optimistic"] is False
     assert event["state_topic"] == "blindgate/home/door1/event"
-    assert event["event_types"] == ["recognized", "unknown", "denied"]
+    assert event["event_types"] == ["recognized", "unknown", "denied", "cloud_integrity"]
 
 
 def test_discovery_prefix_comes_from_config():

@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from blindgate.device.link import DeviceTopics, Incoming, LinkLost, MqttLink
 from blindgate.shared.config import DeviceConfig, MQTTConfig
 from blindgate.shared.errors import BlindgateError
-from blindgate.shared.protocol import decode_probe_request, new_probe_request
+from blindgate.shared.protocol import decode_probe_request, new_probe_request, new_signing_key, verify_probe_request
 
 CONFIG = DeviceConfig(site="home", device_id="door1")
 
@@ -126,10 +126,13 @@ def test_probe_is_an_mqtt5_request(link):
     client = FakeClient()
     link.connect(client, wait=None)
     request = new_probe_request("home", "door1", "k1", b"ciphertext", ttl=2.5)
-    assert link.publish_probe(request, 2.5) == 0
+    door_key = new_signing_key()
+    assert link.publish_probe(request, 2.5, door_key) == 0
     (sent,) = client.published
     assert sent.topic == "blindgate/home/door1/probe" and not sent.retain and sent.qos == 1
     assert decode_probe_request(sent.payload).request_id == request.request_id
+    signed = verify_probe_request(sent.payload, door_key.public_key())  # signed by the door's key
+    assert signed.topic == sent.topic and signed.probe_sha256 == request.probe_sha256
     assert sent.properties.ResponseTopic == "blindgate/home/door1/reply"
     assert sent.properties.CorrelationData == bytes.fromhex(request.request_id)
     assert sent.properties.MessageExpiryInterval == 3
@@ -137,7 +140,7 @@ def test_probe_is_an_mqtt5_request(link):
 
 def test_probe_without_a_client_fails(link):
     request = new_probe_request("home", "door1", "k1", b"ciphertext", ttl=1.0)
-    assert link.publish_probe(request, 1.0) != 0
+    assert link.publish_probe(request, 1.0, new_signing_key()) != 0
 
 
 def test_close_says_last_words_then_offline(link):

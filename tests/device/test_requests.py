@@ -27,6 +27,9 @@ def reply_to(req, **change) -> Reply:
         nonce=req.nonce,
         gallery_version=1,
         expires_at=NOW + 10,
+        probe_sha256=req.probe_sha256,
+        mode=str(req.mode),
+        subject=req.subject,
     )
     return replace(reply, **change)
 
@@ -125,3 +128,41 @@ def test_discard_forgets_a_request(pending):
 
 def test_request_state_lives_on_the_device_side_only():
     assert not hasattr(protocol, "PendingRequests")
+
+
+def test_ok_reply_for_another_probe_is_refused(pending):
+    """Probe substitution: the reply is bound to our request but scanned a recorded probe."""
+    req = request()
+    pending.add(req)
+    recorded = new_probe_request("home", "door1", "k" * 32, b"a resident's probe", ttl=TTL, now=NOW)
+    for hash_ in (recorded.probe_sha256, ""):
+        with pytest.raises(ProtocolError, match="probe hash mismatch"):
+            pending.accept(reply_to(req, probe_sha256=hash_), now=NOW)
+    assert pending.accept(reply_to(req), now=NOW) is req  # positive control
+
+
+@pytest.mark.parametrize("change", [{"mode": "verify"}, {"subject": "s" * 32}, {"mode": ""}])
+def test_ok_reply_for_another_mode_or_subject_is_refused(pending, change):
+    req = request()
+    pending.add(req)
+    with pytest.raises(ProtocolError, match="mode or subject"):
+        pending.accept(reply_to(req, **change), now=NOW)
+    assert pending.accept(reply_to(req), now=NOW) is req
+
+
+def test_verify_reply_must_name_the_requested_subject(pending):
+    req = new_probe_request("home", "door1", "k" * 32, b"probe", ttl=TTL, now=NOW, mode="verify", subject="a" * 32)
+    pending.add(req)
+    with pytest.raises(ProtocolError, match="mode or subject"):
+        pending.accept(reply_to(req, subject="b" * 32), now=NOW)
+    assert pending.accept(reply_to(req), now=NOW) is req
+
+
+@pytest.mark.parametrize("status", [ReplyStatus.ERROR, ReplyStatus.BUSY])
+def test_result_less_replies_may_carry_no_hash_but_not_a_wrong_one(pending, status):
+    req, other = request(), request()
+    pending.add(req)
+    pending.add(other)
+    assert pending.accept(reply_to(req, status=status, probe_sha256="", mode=""), now=NOW) is req
+    with pytest.raises(ProtocolError, match="probe hash mismatch"):
+        pending.accept(reply_to(other, status=status, probe_sha256="00" * 32), now=NOW)

@@ -20,9 +20,16 @@ from blindgate.shared.limits import (
     MAX_PROBE_BYTES,
     max_block_bytes,
 )
-from blindgate.shared.protocol import ProtocolError, decode_probe_request, encode_probe_request, new_probe_request
+from blindgate.shared.protocol import (
+    ProtocolError,
+    decode_probe_request,
+    encode_probe_request,
+    new_probe_request,
+    new_signing_key,
+)
 
 TAG_BYTES = 16
+DOOR_KEY = new_signing_key()
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +41,7 @@ def probe_message_of_size(size: int) -> bytes:
     """A well-formed probe request padded to exactly `size` bytes."""
     blob = b""
     for _ in range(3):  # the blob's size is written in the header: converge on its digit count
-        data = encode_probe_request(new_probe_request("home", "door1", "k" * 32, blob, now=1_700_000_000.0))
+        data = encode_probe_request(new_probe_request("home", "door1", "k" * 32, blob, now=1_700_000_000.0), DOOR_KEY)
         blob = b"\0" * (len(blob) + size - len(data))
     assert len(data) == size
     return data
@@ -49,14 +56,14 @@ def test_probe_limit_is_what_decode_probe_request_enforces():
 def test_an_honest_probe_fits_the_probe_limit(keys):
     probe = encrypt_probe(keys, np.random.default_rng(1).normal(0, 0.09, 128))
     req = new_probe_request("a" * 64, "b" * 64, keys.key_id, probe)
-    assert len(encode_probe_request(req)) < MAX_PROBE_BYTES / 2
+    assert len(encode_probe_request(req, DOOR_KEY)) < MAX_PROBE_BYTES / 2
 
 
 def test_header_limit_is_what_every_parser_enforces():
     pad = "x" * MAX_HEADER_BYTES
     layout = Layout(magic=b"BGP1", name="message", limit=1 << 30)
     with pytest.raises(ProtocolError, match=f"more than the {MAX_HEADER_BYTES} allowed"):
-        decode_probe_request(frame(layout, {"v": 1, "pad": pad}, [b"p"], kind=b"P"))
+        decode_probe_request(frame(layout, {"v": 1, "pad": pad}, [b"p"], kind=b"P") + b"\0" * 64)  # + an (unchecked) signature
     key_file = Layout(magic=b"BGK1", name="key file", limit=1 << 30, sizes="sections")
     with pytest.raises(EngineError, match=f"more than the {MAX_HEADER_BYTES} allowed"):
         EvaluationKeys.from_bytes(frame(key_file, {"pad": pad}, {}, kind=b"E"))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tenseal.sealapi as seal
 
-from blindgate.shared.engine import EngineError, Params, SiteKeys, encrypt_probe
+from blindgate.shared.engine import EngineError, Gallery, Params, SiteKeys, decode_scan, encrypt_enrollment, encrypt_probe, scan
 from blindgate.shared.engine.context import LEVEL_ENROLL, LEVEL_PROBE, LEVEL_REPLY, context_for, load_ciphertext
+from tests.shared.engine import tamper
 from tests.shared.engine.support import dlib_like
 
 
@@ -56,3 +58,77 @@ def test_load_ciphertext_insists_on_level_and_header(keys: SiteKeys):
         load_ciphertext(ctx, b"\0" * 100, LEVEL_PROBE, "probe")
     with pytest.raises(EngineError, match="expected bytes"):
         load_ciphertext(ctx, "text", LEVEL_PROBE, "probe")  # type: ignore[arg-type]
+
+
+# --- hostile ciphertexts: refused before any arithmetic, on both sides ------------------------
+
+
+def test_an_uncompressed_rebuild_is_accepted(keys: SiteKeys):
+    """Positive control for the attacks below: the tampering serializer itself is faithful."""
+    ctx = keys.context
+    probe = encrypt_probe(keys, dlib_like(np.random.default_rng(13), 1)[0])
+    rebuilt = tamper.rebuild(ctx, probe, LEVEL_PROBE)
+    assert rebuilt != probe
+    honest = load_ciphertext(ctx, probe, LEVEL_PROBE, "probe")
+    assert tamper.coefficients(load_ciphertext(ctx, rebuilt, LEVEL_PROBE, "probe")) == tamper.coefficients(honest)
+
+
+@pytest.mark.parametrize(
+    "attack, message",
+    [
+        (lambda ctx, data, level: tamper.transparent(ctx, data, level), "transparent ciphertext"),
+        (lambda ctx, data, level: tamper.transparent(ctx, data, level, values=[0.5] * 4096), "transparent ciphertext"),
+        (tamper.nan_scale, "scale nan"),
+        (lambda ctx, data, level: tamper.rebuild(ctx, data, level, scale=float("inf")), "scale inf"),
+        (lambda ctx, data, level: tamper.rebuild(ctx, data, level, scale=2.0**41), "scale 2.19902e"),
+        (lambda ctx, data, level: tamper.rebuild(ctx, data, level, scale=0.0), "SEAL could not load it"),  # SEAL's own check
+    ],
+)
+@pytest.mark.parametrize("level", [LEVEL_ENROLL, LEVEL_PROBE])
+def test_load_ciphertext_refuses_transparent_and_bad_scales(keys: SiteKeys, attack, message, level):
+    ctx = keys.context
+    x = dlib_like(np.random.default_rng(14), 1)[0]
+    honest = encrypt_probe(keys, x) if level == LEVEL_PROBE else encrypt_enrollment(keys, x)
+    load_ciphertext(ctx, honest, level, "ct")
+    with pytest.raises(EngineError, match=message):
+        load_ciphertext(ctx, attack(ctx, honest, level), level, "ct")
+
+
+def test_load_ciphertext_refuses_other_parameters(keys: SiteKeys):
+    ctx = keys.context
+    probe = encrypt_probe(keys, dlib_like(np.random.default_rng(15), 1)[0])
+    ct = tamper.load(ctx, probe, LEVEL_PROBE)
+    forged = tamper.serialize(probe, [1, 2, 3, 4], ct.scale, tamper.coefficients(ct))
+    with pytest.raises(EngineError):
+        load_ciphertext(ctx, forged, LEVEL_PROBE, "probe")
+    unntt = tamper.serialize(probe, list(ct.parms_id()), ct.scale, tamper.coefficients(ct), ntt=False)
+    with pytest.raises(EngineError):
+        load_ciphertext(ctx, unntt, LEVEL_PROBE, "probe")
+
+
+def test_every_receiving_path_refuses_hostile_ciphertexts(keys: SiteKeys, evaluation, small):
+    """Probe (cloud scan), enrollment (cloud gallery) and reply (device decode)."""
+    gallery, templates, _ = small
+    ctx = keys.context
+    x = templates[0]
+    probe = encrypt_probe(keys, x)
+    replies = scan(gallery, probe)  # positive control: the honest round trip matches slot 0
+    assert decode_scan(keys, x, replies, gallery.occupancy()).distance < 0.05
+    for bad in (tamper.transparent(ctx, probe, LEVEL_PROBE), tamper.nan_scale(ctx, probe, LEVEL_PROBE)):
+        with pytest.raises(EngineError, match="probe"):
+            scan(gallery, bad)
+    enrollment = encrypt_enrollment(keys, x)
+    fresh = Gallery(evaluation)
+    for bad in (tamper.transparent(ctx, enrollment, LEVEL_ENROLL), tamper.nan_scale(ctx, enrollment, LEVEL_ENROLL)):
+        with pytest.raises(EngineError, match="enrollment"):
+            fresh.add(bad)
+    assert len(fresh) == 0
+    # The reply attack: a transparent result that "decrypts" to -|x|^2 everywhere = distance 0.
+    norm2 = float(x @ x)
+    forged = tamper.transparent(ctx, replies[0], LEVEL_REPLY, values=[-norm2] * 4096, scale=ctx.reply_scale)
+    plain = seal.Plaintext()  # the attack is real: SEAL alone would decrypt it to the chosen value
+    seal.Decryptor(ctx.seal, keys.secret).decrypt(tamper.load(ctx, forged, LEVEL_REPLY), plain)
+    assert abs(ctx.decode(plain)[0] + norm2) < 1e-6
+    for bad in (forged, tamper.nan_scale(ctx, replies[0], LEVEL_REPLY)):
+        with pytest.raises(EngineError, match="result of block 0"):
+            decode_scan(keys, x, [bad], gallery.occupancy())

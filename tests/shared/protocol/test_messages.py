@@ -21,13 +21,16 @@ from blindgate.shared.protocol.messages import (
     error_reply,
     new_probe_request,
     open_reply,
+    probe_digest,
     results_digest,
     seal_reply,
+    verify_probe_request,
 )
 from blindgate.shared.protocol.signing import new_signing_key
 
 WIRE = Layout(magic=b"BGP1", name="blindgate message", limit=1 << 30)  # the same bytes, built by hand
 KEY = new_signing_key()
+DOOR = new_signing_key()  # a door's request-signing key
 NOW = 1_700_000_000.0
 
 
@@ -43,6 +46,8 @@ def a_reply(**change) -> Reply:
         gallery_version=7,
         expires_at=NOW + 10,
         results=(BlockResult.of(0, occupied, b"ct0" * 100), BlockResult.of(2, ~occupied, b"ct2")),
+        probe_sha256=probe_digest(b"probe"),
+        mode="identify",
     )
     return Reply(**(fields | change))
 
@@ -60,6 +65,9 @@ def reply_header(reply: Reply, **change) -> dict:
         "message": reply.message,
         "blocks": [r.block for r in reply.results],
         "results_sha256": results_digest(reply.results),
+        "probe_sha256": reply.probe_sha256,
+        "mode": reply.mode,
+        "subject": reply.subject,
     }
     return header | change
 
@@ -168,6 +176,9 @@ def test_wrong_kind_is_refused():
         ({"site": 5}, "field 'site' missing or not str"),
         ({"gallery_version": True}, "field 'gallery_version' missing or not int"),
         ({"expires_at": "soon"}, "field 'expires_at'"),
+        ({"probe_sha256": None}, "field 'probe_sha256' missing or not str"),
+        ({"mode": 1}, "field 'mode' missing or not str"),
+        ({"subject": 7}, "field 'subject' not str or null"),
     ],
 )
 def test_malformed_signed_header_is_refused(change, message):
@@ -199,11 +210,44 @@ def test_error_reply_from_a_request_or_from_fields():
 def test_probe_request_round_trip():
     req = new_probe_request("home", "door1", "k" * 32, b"\x01" * 1000, ttl=5, now=NOW)
     assert req.mode is Mode.IDENTIFY and req.expires_at == NOW + 5 and not req.expired(NOW + 5) and req.expired(NOW + 5.1)
-    assert decode_probe_request(encode_probe_request(req)) == req
-    verify = new_probe_request("home", "door1", "k" * 32, b"p", mode="verify", subject="s" * 32, now=NOW)
-    decoded = decode_probe_request(encode_probe_request(verify))
+    assert req.topic == "blindgate/home/door1/probe"
+    assert decode_probe_request(encode_probe_request(req, DOOR)) == req
+    assert verify_probe_request(encode_probe_request(req, DOOR), DOOR.public_key()) == req
+    verify = new_probe_request(
+        "home", "door1", "k" * 32, b"p", mode="verify", subject="s" * 32, now=NOW, topic="x/home/door1/probe"
+    )
+    decoded = decode_probe_request(encode_probe_request(verify, DOOR))
     assert decoded == verify and decoded.mode is Mode.VERIFY and decoded.mode == "verify"
-    assert b'"mode":"verify"' in encode_probe_request(verify)
+    assert decoded.topic == "x/home/door1/probe" and decoded.probe_sha256 == probe_digest(b"p")
+    assert verify_probe_request(decoded, DOOR.public_key()) is decoded
+    assert b'"mode":"verify"' in encode_probe_request(verify, DOOR)
+
+
+def test_request_signature_covers_every_byte():
+    data = encode_probe_request(new_probe_request("home", "door1", "k" * 32, b"\x01" * 100, now=NOW), DOOR)
+    with pytest.raises(ProtocolError, match="bad signature"):
+        verify_probe_request(data, new_signing_key().public_key())  # an unregistered key
+    for where in (4, 30, len(data) - 80, len(data) - 1):
+        altered = bytearray(data)
+        altered[where] ^= 0x01
+        with pytest.raises(ProtocolError):
+            verify_probe_request(bytes(altered), DOOR.public_key())
+    with pytest.raises(ProtocolError, match="not signed"):
+        verify_probe_request(new_probe_request("home", "door1", "k", b"p"), DOOR.public_key())
+
+
+def test_substituted_probe_with_the_old_signature_is_refused():
+    """A relay swaps in a recorded probe, keeping header and signature: the hash or signature fails."""
+    req = new_probe_request("home", "door1", "k" * 32, b"stranger", now=NOW)
+    data = encode_probe_request(req, DOOR)
+    header = json.loads(data[9:-SIG][: int.from_bytes(data[5:9], "little")])
+    del header["blobs"]
+    swapped = frame(WIRE, header, [b"resident"], kind=b"P") + data[-SIG:]
+    with pytest.raises(ProtocolError, match="probe hash mismatch"):
+        decode_probe_request(swapped)
+    rehashed = frame(WIRE, header | {"probe_sha256": probe_digest(b"resident")}, [b"resident"], kind=b"P") + data[-SIG:]
+    with pytest.raises(ProtocolError, match="bad signature"):
+        verify_probe_request(rehashed, DOOR.public_key())
 
 
 def test_new_probe_request_refuses_bad_names_and_modes():
@@ -213,11 +257,19 @@ def test_new_probe_request_refuses_bad_names_and_modes():
         new_probe_request("home", "door1", "k", b"p", mode="guess")
 
 
+SIG = 64
+
+
 def probe_header(**change) -> dict:
     req = new_probe_request("home", "door1", "k" * 32, b"p", now=NOW)
-    header = json.loads(encode_probe_request(req)[9:-1])
+    header = json.loads(encode_probe_request(req, DOOR)[9 : -1 - SIG])
     del header["blobs"]
     return header | change
+
+
+def signed_probe(header: dict, blobs: list[bytes], kind: bytes = b"P") -> bytes:
+    body = frame(WIRE, header, blobs, kind=kind)
+    return body + DOOR.sign(body)
 
 
 @pytest.mark.parametrize(
@@ -232,23 +284,27 @@ def probe_header(**change) -> dict:
         ({"key_id": None}, "field 'key_id' missing"),
         ({"issued_at": False}, "field 'issued_at'"),
         ({"v": 0}, "unsupported protocol version 0"),
+        ({"topic": None}, "field 'topic' missing"),
+        ({"probe_sha256": "00" * 32}, "probe hash mismatch"),
     ],
 )
 def test_malformed_probe_request_is_refused(change, message):
     with pytest.raises(ProtocolError, match=message):
-        decode_probe_request(frame(WIRE, probe_header(**change), [b"p"], kind=b"P"))
+        decode_probe_request(signed_probe(probe_header(**change), [b"p"]))
 
 
 def test_probe_request_framing_refusals():
-    good = frame(WIRE, probe_header(), [b"p"], kind=b"P")
+    good = signed_probe(probe_header(), [b"p"])
     assert decode_probe_request(good).probe == b"p"
+    unsigned = frame(WIRE, probe_header(), [b"p"], kind=b"P")
     for data, message in [
-        (frame(WIRE, probe_header(), [b"p", b"q"], kind=b"P"), "exactly one probe ciphertext"),
-        (frame(WIRE, probe_header(), [], kind=b"P"), "exactly one probe ciphertext"),
-        (frame(WIRE, probe_header(), [b"p"], kind=b"R"), "kind b'R', expected b'P'"),
-        (good + b"\0", "trailing bytes"),
-        (good[:-1], "truncated"),
-        (b"garbage", "bad magic"),
+        (signed_probe(probe_header(), [b"p", b"q"]), "exactly one probe ciphertext"),
+        (signed_probe(probe_header(), []), "exactly one probe ciphertext"),
+        (signed_probe(probe_header(), [b"p"], kind=b"R"), "kind b'R', expected b'P'"),
+        (good[:-SIG] + b"\0" + good[-SIG:], "trailing bytes"),
+        (good[: -SIG - 1] + good[-SIG:], "truncated"),
+        (unsigned, "truncated|bad magic|trailing"),  # the last 64 bytes are taken as a signature
+        (b"garbage", "too short"),
         (b"\0" * (MAX_PROBE_BYTES + 1), f"more than the {MAX_PROBE_BYTES} allowed"),
         ("text", "payload must be bytes"),
     ]:

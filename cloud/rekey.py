@@ -1,0 +1,173 @@
+"""The HTTP side of a site's key renewal (rekey): stage the new keys and subjects, then switch over atomically.
+
+    POST /v1/sites/{site}/rekey                      new evaluation bundle (validated like a registration)
+    POST /v1/sites/{site}/rekey/subjects/{subject}   one subject's enrollment ciphertext under the NEW keys
+    POST /v1/sites/{site}/rekey/commit               rebuild the gallery under the new keys, switch in one transaction
+    DELETE /v1/sites/{site}/rekey                    drop an unfinished rekey (the site stays on its keys)
+
+Until the commit the site scans under its current keys; after it, probes under the old key id get
+the usual "wrong key" error reply. The gallery is rebuilt in a matcher worker from the staged
+enrollments and committed with `RekeyStore.commit`, which refuses (409, nothing changed) unless
+every current subject was staged and the gallery did not change meanwhile. All three steps hold
+the site's lock, so no enrollment or removal of this process interleaves with the switch.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import logging
+import time
+
+from aiohttp import web
+
+from blindgate.shared.limits import MAX_BUNDLE_BYTES, MAX_ENROLLMENT_BYTES, MAX_LABEL_BYTES, MAX_SEALED_BYTES
+
+from .http_errors import json_error, match_error
+from .matcher import MatchError
+from .resources import METRICS, POOL, SITE_LOCKS, STORE, in_thread, refresh_site
+from .routes import authorize_site, current_site, read_body, site_param
+from .store import StoreConflict, UnknownSite, UnknownSubject
+
+log = logging.getLogger("blindgate.cloud.app")
+
+
+def add_rekey_routes(app: web.Application) -> None:
+    """Register the rekey endpoints on `app`."""
+    app.router.add_post("/v1/sites/{site}/rekey", stage_rekey)
+    app.router.add_post("/v1/sites/{site}/rekey/subjects/{subject}", stage_rekey_subject)
+    app.router.add_post("/v1/sites/{site}/rekey/commit", commit_rekey)
+    app.router.add_delete("/v1/sites/{site}/rekey", abort_rekey)
+
+
+def _expected_version(request: web.Request) -> int | None:
+    """The optional `X-Blindgate-Gallery-Version` header: the version the device read its directory at."""
+    value = request.headers.get("X-Blindgate-Gallery-Version")
+    if value is None:
+        return None
+    try:
+        version = int(value)
+    except ValueError:
+        raise json_error(400, "X-Blindgate-Gallery-Version must be an integer") from None
+    if version < 0:
+        raise json_error(400, "X-Blindgate-Gallery-Version must not be negative")
+    return version
+
+
+def _b64_header(request: web.Request, name: str, limit: int, what: str) -> bytes:
+    value = request.headers.get(name)
+    if value is None:
+        raise json_error(400, f"missing {name} header (base64 of the {what})")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise json_error(400, f"{name} is not valid base64") from None
+    if len(data) > limit:
+        raise json_error(413, f"{what} is {len(data)} bytes; the limit is {limit}")
+    return data
+
+
+def _new_key_id(request: web.Request) -> str:
+    key_id = request.headers.get("X-Blindgate-Key-Id")
+    if not key_id:
+        raise json_error(400, "missing X-Blindgate-Key-Id header (the NEW key id of the rekey)")
+    return key_id
+
+
+async def stage_rekey(request: web.Request) -> web.Response:
+    """POST /v1/sites/{site}/rekey: stage new evaluation keys (replaces an unfinished rekey)."""
+    app = request.app
+    site = site_param(request)
+    await authorize_site(request, site)
+    expected = _expected_version(request)
+    bundle = await read_body(request, MAX_BUNDLE_BYTES, "evaluation bundle")
+    if not bundle:
+        raise json_error(400, "empty body: send the new evaluation bundle (application/octet-stream)")
+    try:
+        key_id = await app[POOL].validate_bundle(bundle)
+    except MatchError as exc:
+        raise match_error(exc) from None
+    async with app[SITE_LOCKS][site]:
+        try:
+            version = await in_thread(functools.partial(app[STORE].rekey.stage, site, key_id, bundle, expected_version=expected))
+        except StoreConflict as exc:
+            raise json_error(409, str(exc)) from None
+        except UnknownSite as exc:
+            raise json_error(404, str(exc)) from None
+    log.info("rekey staged", extra={"site": site, "key_id": key_id, "gallery_version": version})
+    return web.json_response({"site": site, "key_id": key_id, "gallery_version": version}, status=201)
+
+
+async def stage_rekey_subject(request: web.Request) -> web.Response:
+    """POST /v1/sites/{site}/rekey/subjects/{subject}: stage one subject's new enrollment, sealed template and label."""
+    app = request.app
+    site = site_param(request)
+    subject = request.match_info["subject"]
+    await authorize_site(request, site)
+    key_id = _new_key_id(request)
+    label = _b64_header(request, "X-Blindgate-Label", MAX_LABEL_BYTES, "device-encrypted label")
+    sealed = _b64_header(request, "X-Blindgate-Sealed", MAX_SEALED_BYTES, "sealed template")
+    enrollment = await read_body(request, MAX_ENROLLMENT_BYTES, "enrollment ciphertext")
+    if not enrollment:
+        raise json_error(400, "empty body: send the enrollment ciphertext under the new keys")
+    async with app[SITE_LOCKS][site]:
+        try:
+            await app[POOL].check_rekey_enrollment(site, key_id, enrollment)
+            await in_thread(app[STORE].rekey.stage_subject, site, key_id, subject, label, enrollment, sealed)
+        except MatchError as exc:
+            raise match_error(exc) from None
+        except StoreConflict as exc:
+            raise json_error(409, str(exc)) from None
+        except (UnknownSite, UnknownSubject) as exc:
+            raise json_error(404, str(exc)) from None
+    return web.json_response({"subject": subject, "key_id": key_id}, status=201)
+
+
+async def commit_rekey(request: web.Request) -> web.Response:
+    """POST /v1/sites/{site}/rekey/commit: rebuild the gallery under the new keys and switch over atomically."""
+    app = request.app
+    site = site_param(request)
+    await authorize_site(request, site)
+    key_id = _new_key_id(request)
+    expected = _expected_version(request)
+    started = time.perf_counter()
+    async with app[SITE_LOCKS][site]:
+        record = await current_site(request, site)
+        if expected is not None and record.version != expected:
+            raise json_error(409, f"site {site!r} gallery is at version {record.version}, not {expected}: run the rekey again")
+        try:
+            placements, blocks = await app[POOL].prepare_rekey(site, key_id)
+            version = await in_thread(
+                functools.partial(app[STORE].rekey.commit, site, key_id, placements, blocks, expected_version=record.version)
+            )
+        except MatchError as exc:
+            raise match_error(exc) from None
+        except StoreConflict as exc:
+            raise json_error(409, str(exc)) from None
+        except UnknownSite as exc:
+            raise json_error(404, str(exc)) from None
+        await refresh_site(app, site)
+    app[METRICS].inc("blindgate_rekeys_total")
+    seconds = round(time.perf_counter() - started, 3)
+    log.info(
+        "site rekeyed",
+        extra={"site": site, "key_id": key_id, "subjects": len(placements), "gallery_version": version, "seconds": seconds},
+    )
+    return web.json_response(
+        {"site": site, "key_id": key_id, "gallery_version": version, "subjects": len(placements), "blocks": len(blocks)}
+    )
+
+
+async def abort_rekey(request: web.Request) -> web.Response:
+    """DELETE /v1/sites/{site}/rekey: drop the staged keys and subjects, if any; the site keeps its keys."""
+    app = request.app
+    site = site_param(request)
+    await authorize_site(request, site)
+    async with app[SITE_LOCKS][site]:
+        try:
+            await in_thread(app[STORE].rekey.abort, site)
+        except UnknownSite as exc:
+            raise json_error(404, str(exc)) from None
+    record = await current_site(request, site)
+    return web.json_response({"site": site, "key_id": record.key_id, "gallery_version": record.version})

@@ -1,0 +1,72 @@
+"""Assembling a door from its configuration and state directory (what `blindgate-device run` starts).
+
+The agent itself takes its parts ready-made (keys, cloud link, labels, sealed-template check, lock,
+face analyzer); this module reads them from the files `blindgate-device init` wrote and the
+`[camera]`, `[face]` and `[lock]` sections of the config.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from blindgate.shared.config import DeviceConfig
+
+from .agent import Agent
+from .audit import AuditLog
+from .camera import FrameStream, open_camera
+from .cloud_client import CloudClient
+from .directory import SubjectDirectory
+from .door_key import DoorKeyFile
+from .faces import Analyzer, DetectorModel, FaceAnalyzer, FaceConfig
+from .integrity import TemplateCheck
+from .labels import LabelCipher
+from .lock import DoorLock, Lock
+from .provision import TrustedCloudKeys, tls_context
+from .sealing import TemplateSealer
+from .site_state import SiteState
+from .state import DeviceState, StateError
+
+
+def build_agent(config: DeviceConfig, lock: DoorLock | None = None, analyzer: Analyzer | None = None) -> Agent:
+    """The door as provisioned by `blindgate-device init`: keys, cloud link, labels, GPIO lock, dlib."""
+    state = DeviceState(config.state_dir)
+    keys = state.load_keys()
+    cloud = state.load_cloud()
+    if cloud.key_id != keys.key_id:
+        raise StateError(f"{state.cloud_path} names key {cloud.key_id}, but {state.keys_path} holds {keys.key_id}")
+    labels = LabelCipher.load(state.dir, config.site)
+    client = CloudClient(config.cloud_url, config.site, token=cloud.token, timeout=5.0, tls=tls_context(config.cloud_ca_file))
+    sealer = TemplateSealer.load(state.dir, config.site)
+    integrity = TemplateCheck(client.sealed, sealer, keys.key_id, config.decision, SiteState(state.dir, config.site))
+    return Agent(
+        config,
+        keys,
+        TrustedCloudKeys(state),  # the pinned key and any it endorsed; follows refresh-cloud-key
+        SubjectDirectory(client.subjects, labels),
+        lock if lock is not None else Lock(config.lock.pin, config.lock.active_high, config.lock.pin_factory),
+        integrity,
+        analyzer if analyzer is not None else FaceAnalyzer(face_config(config)),
+        AuditLog(state.audit_path),
+        door_key=DoorKeyFile(state).current,
+    )
+
+
+def face_config(config: DeviceConfig) -> FaceConfig:
+    """The face analyzer's settings from the device config (0 width = no downscaling)."""
+    f = config.face
+    return FaceConfig(
+        min_face_px=f.min_face_px,
+        min_sharpness=f.min_sharpness,
+        detect_max_width=f.detect_max_width or None,
+        upsample=f.upsample,
+        model=cast(DetectorModel, f.model),  # FaceConfig refuses other names
+    )
+
+
+def open_configured_camera(config: DeviceConfig) -> FrameStream:
+    """The camera named in the device config (0 = the source's own size/rate)."""
+    c = config.camera
+    return open_camera(c.source, width=c.width or None, height=c.height or None, fps=c.fps or None, realtime=c.realtime)
+
+
+__all__ = ["build_agent", "face_config", "open_configured_camera"]
