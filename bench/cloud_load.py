@@ -36,15 +36,13 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np  # noqa: E402
-import paho.mqtt.client as mqtt  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
 from blindgate.cloud.app import DB_NAME, load_or_create_signing_key  # noqa: E402
 from blindgate.cloud.store import GalleryStore, new_subject_id  # noqa: E402
 from blindgate.shared.engine import decode_scan, encrypt_block, encrypt_enrollment, encrypt_probe, generate_site_keys  # noqa: E402
-from blindgate.shared.launch import CloudService, start_broker  # noqa: E402
+from blindgate.shared.launch import Broker, CloudService, start_broker  # noqa: E402
 from blindgate.shared.protocol import (  # noqa: E402
     encode_probe_request,
     new_probe_request,
@@ -79,15 +77,15 @@ def build_gallery(state_dir: Path, keys, faces: np.ndarray, doors: dict | None =
 
 
 class Device:
-    def __init__(self, name: str, host: str, port: int, results: queue.Queue, door_key) -> None:
+    def __init__(self, name: str, broker: Broker, results: queue.Queue, door_key) -> None:
         self.name = name
         self.door_key = door_key  # registered by build_gallery
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{name}-{os.getpid()}", protocol=mqtt.MQTTv5)
+        self.client = broker.client("door", f"bench-{name}-{os.getpid()}")
         ready = threading.Event()
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(reply_topic(SITE, name), qos=1)
         self.client.on_subscribe = lambda c, u, mid, rcs, p: ready.set()
         self.client.on_message = lambda c, u, m: results.put((time.perf_counter(), m.payload))
-        self.client.connect(host, port)
+        self.client.connect(broker.host, broker.port)
         self.client.loop_start()
         if not ready.wait(10):
             raise RuntimeError(f"device {name} could not subscribe")
@@ -164,7 +162,7 @@ def main() -> int:
             cloud_key = public_key_from_text(json.load(resp)["cloud_public_key"])
 
         replies: queue.Queue = queue.Queue()
-        devices = [Device(name, broker.host, broker.port, replies, door_key) for name, door_key in door_keys.items()]
+        devices = [Device(name, broker, replies, door_key) for name, door_key in door_keys.items()]
 
         # Warm-up: one probe loads the gallery into every worker (not counted).
         for _ in range(args.workers):

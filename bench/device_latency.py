@@ -139,8 +139,6 @@ def main() -> int:
 
     broker = client = None
     if args.mqtt:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
@@ -148,7 +146,8 @@ def main() -> int:
 
         broker = start_broker(Path(tempfile.mkdtemp(prefix="bg-bench-mqtt-")))
         config.mqtt.host, config.mqtt.port = broker.host, broker.port
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-cloud", protocol=mqtt.MQTTv5)
+        config.mqtt.username, config.mqtt.password = "door", broker.users["door"]
+        client = broker.client("cloud", "bench-cloud")
 
         def on_message(c, u, msg):
             props = Properties(PacketTypes.PUBLISH)

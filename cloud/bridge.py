@@ -6,7 +6,9 @@ sealed (signed) and published to the request's ResponseTopic with its Correlatio
 MessageExpiryInterval of `reply_ttl`, QoS 1 and never retained.
 
 Refusals follow shared/protocol.md: expired or malformed requests, unknown sites or key ids get an
-error reply when a ResponseTopic exists, otherwise they are dropped and counted. Nothing is
+error reply when a ResponseTopic exists, otherwise they are dropped and counted. An unknown site,
+an unknown door, a wrong signature and a wrong key id all get the one text `NOT_AUTHENTIC`, so
+replies tell nobody which sites, doors or key ids exist. Nothing is
 scanned unless its door signed it (cloud/request_auth.py): the signed topic must be the one it
 arrived on, it must be fresh, and a replayed request id is dropped (no second scan). The signed
 reply names the SHA-256 of the probe scanned, and the mode and subject, so a device can refuse
@@ -53,7 +55,8 @@ from blindgate.shared.protocol import (
     seal_reply,
 )
 
-from .matcher import MatcherPool, MatchError, MatchErrorKind
+from .match_errors import MatchError, MatchErrorKind
+from .matcher import MatcherPool
 from .metrics import Metrics
 from .request_auth import NOT_AUTHENTIC, DoorKeys, DoorLookup, SeenRequests, freshness_problem
 from .store_records import SiteRecord
@@ -244,14 +247,9 @@ class MQTTBridge:
             return
         try:
             record = await self.site_lookup(req.site)
-            if record is None:
-                reply = error_reply(
-                    req, ReplyStatus.ERROR, f"site {req.site!r} is not registered with this cloud", self.reply_ttl
-                )
-            elif record.key_id != req.key_id:
-                reply = error_reply(
-                    req, ReplyStatus.ERROR, f"key id {req.key_id!r} is not this site's registered key", self.reply_ttl
-                )
+            if record is None or record.key_id != req.key_id:  # one text for every not-authentic case: no oracle
+                self.metrics.inc("blindgate_probes_refused_total", reason="not_authentic")
+                reply = error_reply(req, ReplyStatus.ERROR, NOT_AUTHENTIC, self.reply_ttl)
             else:
                 if req.mode == Mode.VERIFY and req.subject is not None:  # decoding requires the subject
                     version, results = await self.pool.verify(req.site, req.key_id, req.probe, req.subject, record.version)
@@ -274,7 +272,8 @@ class MQTTBridge:
             if exc.kind == MatchErrorKind.BUSY:
                 self.metrics.inc("blindgate_probes_busy_total")
             status = ReplyStatus.BUSY if exc.kind == MatchErrorKind.BUSY else ReplyStatus.ERROR
-            reply = error_reply(req, status, exc.message, self.reply_ttl)
+            hidden = exc.kind in (MatchErrorKind.UNKNOWN_SITE, MatchErrorKind.WRONG_KEY)  # the same text as above
+            reply = error_reply(req, status, NOT_AUTHENTIC if hidden else exc.message, self.reply_ttl)
         except Exception:
             log.exception("probe failed", extra={"site": req.site, "device": req.device, "request_id": req.request_id})
             reply = error_reply(req, ReplyStatus.ERROR, "internal error in the cloud", self.reply_ttl)

@@ -22,8 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from blindgate.shared.config import CloudConfig, ConfigError, config_option, load_config
 from blindgate.shared.errors import BlindgateError
 from blindgate.shared.logs import setup_logging
@@ -31,6 +29,7 @@ from blindgate.shared.protocol import public_key_to_text
 from blindgate.shared.protocol.cloud_keys import fingerprint
 
 from .app import DB_NAME, create_app, load_or_create_signing_key
+from .http_guard import serve
 from .key_rotation import activate, rotate
 from .store import GalleryStore
 
@@ -53,17 +52,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "state_dir": config.state_dir,
         },
     )
-    # run_app turns SIGINT/SIGTERM into a graceful shutdown: cleanup_ctx closes the MQTT bridge
+    # serve turns SIGINT/SIGTERM into a graceful shutdown: cleanup_ctx closes the MQTT bridge
     # (draining in-flight probes), then the matcher pool, then the store.
-    web.run_app(
-        app,
-        host=config.http_host,
-        port=config.http_port,
-        print=None,
-        access_log=None,
-        handle_signals=True,
-        shutdown_timeout=15.0,
-    )
+    serve(app, config)  # like web.run_app, with header/body timeouts and a connection cap (http_guard.py)
     log.info("blindgate cloud stopped")
     return 0
 

@@ -34,7 +34,7 @@ async def put_door(request: web.Request) -> web.Response:
     body = await read_body(request, MAX_DOOR_BODY, "door key")
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: `[[[[…` nested past the parser's stack
         raise json_error(400, 'body must be JSON {"public_key": "<64 hex>"}') from None
     key = door_public_key(document.get("public_key") if isinstance(document, dict) else None)
     try:

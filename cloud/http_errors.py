@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .matcher import MatchError, MatchErrorKind
+from .match_errors import MatchError, MatchErrorKind
 from .resources import METRICS
 from .store import StoreError
 
@@ -24,8 +24,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _EXCEPTIONS: dict[int, type[web.HTTPException]] = {
     400: web.HTTPBadRequest,
     401: web.HTTPUnauthorized,
+    403: web.HTTPForbidden,
     404: web.HTTPNotFound,
+    408: web.HTTPRequestTimeout,
     409: web.HTTPConflict,
+    429: web.HTTPTooManyRequests,
     503: web.HTTPServiceUnavailable,
 }
 # What a device did wrong, by matcher refusal; anything else is the cloud's trouble (503).

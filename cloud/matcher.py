@@ -13,6 +13,8 @@ commits it through `GalleryStore.commit_enrollment` / `commit_removal`. A worker
 
 The pool is bounded: when `queue_size` probes are in flight (waiting or running), `identify`
 and `verify` fail at once with `MatchError(MatchErrorKind.BUSY)`, which the bridge turns into a busy reply.
+One site may hold at most `site_share` of those slots (default half the queue), so a flood from one
+site is answered busy while the other sites' probes still get a slot.
 
 Used from asyncio:
 
@@ -34,7 +36,6 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
@@ -42,45 +43,19 @@ import numpy as np
 
 from blindgate.shared.engine import Block, EngineError, EvaluationKeys, Gallery, SlotRef, scan_blocks, verify
 from blindgate.shared.engine.context import Params, context_for
-from blindgate.shared.errors import BlindgateError
 from blindgate.shared.logs import setup_logging
 from blindgate.shared.protocol import BlockResult
 
+from .match_errors import MatchError, MatchErrorKind
 from .metrics import Metrics
 from .store import GalleryStore, StoreError, UnknownSite, UnknownSubject
 from .store_rekey import StagedSubject
+from .worker_cache import DEFAULT_CACHE_BYTES, ByteLRU, blocks_bytes, keys_bytes, per_worker
 
 log = logging.getLogger("blindgate.cloud.matcher")
 
 T = TypeVar("T")
 ScanAnswer = tuple[int, list[BlockResult]]  # (gallery version scanned, one result per non-empty block)
-
-
-class MatchErrorKind(StrEnum):
-    """Why the matcher refused a request; the values are what logs and tests have always seen."""
-
-    BUSY = "busy"
-    BAD_REQUEST = "bad_request"  # malformed probe or enrollment: the device's fault
-    UNKNOWN_SITE = "unknown_site"
-    WRONG_KEY = "wrong_key"
-    UNKNOWN_SUBJECT = "unknown_subject"
-    UNAVAILABLE = "unavailable"  # shutting down, or the store cannot be read
-
-
-class MatchError(BlindgateError):
-    """A request the matcher refuses; `kind` says which refusal, `message` says why.
-
-    Picklable (it crosses the process boundary) and safe to send to a device: it never holds
-    probe bytes or anything derived from them.
-    """
-
-    def __init__(self, kind: MatchErrorKind, message: str) -> None:
-        super().__init__(kind, message)
-        self.kind = MatchErrorKind(kind)
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.kind}: {self.message}"
 
 
 # --- worker side ---------------------------------------------------------------------------------
@@ -98,8 +73,9 @@ class _SiteCache:
 
 _db_path: str | None = None
 _db: GalleryStore | None = None  # read-only
-_sites: dict[str, _SiteCache] = {}
-_keys: dict[str, EvaluationKeys] = {}  # key_id -> keys (parsing a bundle costs tens of ms)
+# Bounded by worker_cache_bytes (a quarter for keys parsed alone), least recently used out (cloud/worker_cache.py).
+_sites: ByteLRU[str, _SiteCache] = ByteLRU(0, lambda c: keys_bytes(c.keys.params) + blocks_bytes(c.keys.params, len(c.blocks)))
+_keys: ByteLRU[str, EvaluationKeys] = ByteLRU(0, lambda k: keys_bytes(k.params))  # key_id -> keys (parsing costs tens of ms)
 
 
 def _watch_parent(parent: int) -> None:
@@ -110,9 +86,11 @@ def _watch_parent(parent: int) -> None:
             os._exit(0)
 
 
-def _init_worker(db_path: str, log_level: str | None, log_format: str) -> None:
+def _init_worker(db_path: str, log_level: str | None, log_format: str, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
     global _db_path
     _db_path = db_path
+    _keys.limit = cache_bytes // 4
+    _sites.limit = cache_bytes - _keys.limit
     if log_level:
         setup_logging(log_level, log_format)
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True, name="parent-watch").start()
@@ -122,6 +100,12 @@ def _init_worker(db_path: str, log_level: str | None, log_format: str) -> None:
 
 def _warm() -> int:
     return os.getpid()
+
+
+def _tracked(fn: Callable[..., T], *args: object) -> tuple[T, int, int]:
+    """`fn(*args)`, with this worker's pid and cache bytes afterwards (the pool's gauge)."""
+    result = fn(*args)
+    return result, os.getpid(), _sites.total + _keys.total
 
 
 def _store() -> GalleryStore:
@@ -253,14 +237,14 @@ def _remove(site: str, subject: str, min_version: int) -> tuple[int, int, bytes]
     return state.version, index, block.to_bytes()
 
 
-def _validate_bundle(bundle: bytes) -> str:
-    """Parse and check an evaluation bundle (refuses secret keys); returns its key id."""
+def _validate_bundle(bundle: bytes) -> tuple[str, bytes]:
+    """Parse and check an evaluation bundle strictly (refuses secret keys); (key id, canonical bytes)."""
     try:
         keys = EvaluationKeys.from_bytes(bundle)
     except EngineError as exc:
         raise MatchError(MatchErrorKind.BAD_REQUEST, str(exc)) from None
     _keys[keys.key_id] = keys
-    return keys.key_id
+    return keys.key_id, keys.to_bytes()
 
 
 def _staged_keys(site: str, key_id: str) -> tuple[EvaluationKeys, list[StagedSubject]]:
@@ -311,14 +295,22 @@ class MatcherPool:
         workers: int = 1,
         queue_size: int = 8,
         metrics: Metrics | None = None,
+        site_share: int = 0,  # slots one site may hold; 0 = half the queue (at least 1)
         log_level: str | None = None,
         log_format: str = "json",
+        cache_bytes: int = DEFAULT_CACHE_BYTES,  # per worker: parsed keys and blocks (cloud/worker_cache.py)
     ) -> None:
         self.log_settings = (log_level, log_format)
+        self.cache_bytes = int(cache_bytes)
+        self.cache_held: dict[int, int] = {}  # worker pid -> its cache bytes after its last call
         self.db_path = str(db_path)
         self.workers = max(1, int(workers))
         self.queue_size = max(1, int(queue_size))
+        self.site_share = min(self.queue_size, int(site_share) if site_share > 0 else max(1, self.queue_size // 2))
+        self._site_inflight: dict[str, int] = {}
         self.metrics = metrics
+        if metrics is not None:
+            metrics.gauge("blindgate_worker_cache_bytes", "bytes a matcher worker caches", per_worker(self.cache_held))
         self._executor: ProcessPoolExecutor | None = None
         self._inflight = 0
         self._closing = False
@@ -335,7 +327,7 @@ class MatcherPool:
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(self.db_path, *self.log_settings),
+            initargs=(self.db_path, *self.log_settings, self.cache_bytes),
         )
 
     async def start(self) -> None:
@@ -350,20 +342,27 @@ class MatcherPool:
             raise MatchError(MatchErrorKind.UNAVAILABLE, "the matcher is shutting down")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, fn, *args)
+            result, pid, held = await loop.run_in_executor(self._executor, _tracked, fn, *args)
+            self.cache_held[pid] = held
+            return result
         except BrokenProcessPool:
             # A worker died (killed, out of memory): replace the pool so later requests work.
             log.error("a matcher worker died; restarting the pool")
             broken, self._executor = self._executor, (None if self._closing else self._new_executor())
+            self.cache_held.clear()
             if broken is not None:
                 broken.shutdown(wait=False, cancel_futures=True)
             raise MatchError(MatchErrorKind.UNAVAILABLE, "a matcher worker failed; retry") from None
 
-    async def _probe(self, fn: Callable[..., ScanAnswer], *args: object) -> ScanAnswer:
+    async def _probe(self, site: str, fn: Callable[..., ScanAnswer], *args: object) -> ScanAnswer:
         if self._closing:
             raise MatchError(MatchErrorKind.BUSY, "the cloud is shutting down")
         if self._inflight >= self.queue_size:
             raise MatchError(MatchErrorKind.BUSY, f"{self._inflight} probes are already waiting for a matcher")
+        held = self._site_inflight.get(site, 0)
+        if held >= self.site_share:  # this site's share is used up; other sites still get slots
+            raise MatchError(MatchErrorKind.BUSY, "this site's probes already fill its share of the matcher queue")
+        self._site_inflight[site] = held + 1
         self._inflight += 1
         self._idle.clear()
         started = time.perf_counter()
@@ -371,6 +370,8 @@ class MatcherPool:
             return await self._run(fn, *args)
         finally:
             self._inflight -= 1
+            if (left := self._site_inflight.pop(site, 1) - 1) > 0:
+                self._site_inflight[site] = left
             if self._inflight == 0:
                 self._idle.set()
             if self.metrics is not None:
@@ -378,11 +379,11 @@ class MatcherPool:
 
     async def identify(self, site: str, key_id: str, probe: bytes, min_version: int = 0) -> ScanAnswer:
         """1:N: (gallery version, [BlockResult per non-empty block]). MatchError on refusal."""
-        return await self._probe(_identify, site, key_id, bytes(probe), int(min_version))
+        return await self._probe(site, _identify, site, key_id, bytes(probe), int(min_version))
 
     async def verify(self, site: str, key_id: str, probe: bytes, subject: str, min_version: int = 0) -> ScanAnswer:
         """1:1 against one subject: (gallery version, [one BlockResult]). MatchError on refusal."""
-        return await self._probe(_verify, site, key_id, bytes(probe), subject, int(min_version))
+        return await self._probe(site, _verify, site, key_id, bytes(probe), subject, int(min_version))
 
     async def prepare_enrollment(self, site: str, enrollment: bytes, min_version: int) -> tuple[int, SlotRef, bytes]:
         """(base version, SlotRef, serialized block) for one new template; not yet committed."""
@@ -402,6 +403,10 @@ class MatcherPool:
 
     async def validate_bundle(self, bundle: bytes) -> str:
         """Key id of a valid evaluation bundle; MatchError(BAD_REQUEST) otherwise (parsed in a worker)."""
+        return (await self.parse_bundle(bundle))[0]
+
+    async def parse_bundle(self, bundle: bytes) -> tuple[str, bytes]:
+        """(key id, canonical re-serialization) of a valid bundle: store those bytes, never the upload."""
         return await self._run(_validate_bundle, bytes(bundle))
 
     async def drain(self, timeout: float) -> bool:

@@ -1,8 +1,10 @@
-"""Service metrics and their Prometheus text exposition (hand-written, no client library).
+"""Service metrics and their Prometheus text exposition, plus the process's own metrics.
 
 Counters and histograms live in the event-loop process; callers on other threads (the MQTT
 network thread) update them under a lock. Nothing here ever holds a probe, a ciphertext or any
-value derived from one: only counts and durations.
+value derived from one: only counts and durations. Numbers print exactly (`_num`): a counter at
+1,234,568 reads `1234568`, never `1.23457e+06`. Process metrics (CPU, memory, open files, Python)
+come from prometheus_client's collectors in a registry of this instance's own (no global state).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
 
 # Scan latency buckets in seconds (a scan is ~70 ms per 4096-template block on one core).
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
@@ -34,6 +38,14 @@ class Histogram:
         for i, bound in enumerate(self.buckets):
             if value <= bound:
                 self.counts[i] += 1
+
+
+def _num(value: float) -> str:
+    """A sample value exactly: integers as integers (up to 2**53), anything else as Python's repr."""
+    number = float(value)
+    if number.is_integer() and abs(number) < 2**53:
+        return str(int(number))
+    return repr(number)  # shortest exact text; inf/nan print as Prometheus reads them below
 
 
 def _labels(labels: dict[str, str]) -> str:
@@ -71,6 +83,9 @@ class Metrics:
         self.enroll_seconds = Histogram()
         # Gauges are read at render time from these callables (set by the app).
         self.gauges: dict[str, tuple[str, Callable[[], GaugeValue]]] = {}
+        self.process = CollectorRegistry(auto_describe=True)  # this instance's own, not the global one
+        ProcessCollector(registry=self.process)
+        PlatformCollector(registry=self.process)
 
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
         """Add `amount` to the counter series `name{labels}` (callable from any thread)."""
@@ -107,7 +122,7 @@ class Metrics:
                 lines.append(f"# TYPE {name} {kind}")
                 series = self._counters.get(name) or {(): 0.0}
                 for key, value in sorted(series.items()):
-                    lines.append(f"{name}{_labels(dict(key))} {value:g}")
+                    lines.append(f"{name}{_labels(dict(key))} {_num(value)}")
             for name, help_text, hist in (
                 ("blindgate_scan_seconds", "Matcher time per probe (queue wait included).", self.scan_seconds),
                 ("blindgate_enroll_seconds", "Enrollment time (engine work and commit).", self.enroll_seconds),
@@ -128,7 +143,7 @@ class Metrics:
             lines.append(f"# TYPE {name} gauge")
             if isinstance(reading, dict):
                 for labels, v in sorted(reading.items()):
-                    lines.append(f"{name}{_labels(dict(labels))} {v:g}")
+                    lines.append(f"{name}{_labels(dict(labels))} {_num(v)}")
             else:
-                lines.append(f"{name} {reading:g}")
-        return "\n".join(lines) + "\n"
+                lines.append(f"{name} {_num(reading)}")
+        return "\n".join(lines) + "\n" + generate_latest(self.process).decode()

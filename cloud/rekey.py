@@ -25,7 +25,7 @@ from aiohttp import web
 from blindgate.shared.limits import MAX_BUNDLE_BYTES, MAX_ENROLLMENT_BYTES, MAX_LABEL_BYTES, MAX_SEALED_BYTES
 
 from .http_errors import json_error, match_error
-from .matcher import MatchError
+from .match_errors import MatchError
 from .resources import METRICS, POOL, SITE_LOCKS, STORE, in_thread, refresh_site
 from .routes import authorize_site, current_site, read_body, site_param
 from .store import StoreConflict, UnknownSite, UnknownSubject
@@ -85,7 +85,7 @@ async def stage_rekey(request: web.Request) -> web.Response:
     if not bundle:
         raise json_error(400, "empty body: send the new evaluation bundle (application/octet-stream)")
     try:
-        key_id = await app[POOL].validate_bundle(bundle)
+        key_id, bundle = await app[POOL].parse_bundle(bundle)  # strict, and re-serialized: what is stored
     except MatchError as exc:
         raise match_error(exc) from None
     async with app[SITE_LOCKS][site]:

@@ -24,6 +24,7 @@ DoorLookup = Callable[[str, str], Awaitable[bytes | None]]
 
 MAX_CLOCK_SKEW_S = 10.0  # how far in the future a door's clock may put issued_at
 MAX_REQUEST_TTL_S = 60.0  # bounds how long a request id must be remembered
+# The one refusal text for unknown site, unknown door, bad signature and wrong key id (cloud/bridge.py).
 NOT_AUTHENTIC = "the request is not signed by a door registered for this site"
 
 

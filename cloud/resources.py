@@ -27,6 +27,7 @@ from blindgate.shared.protocol import new_signing_key, signing_key_from_pem, sig
 from .bridge import MQTTBridge
 from .matcher import MatcherPool
 from .metrics import Metrics
+from .registration import REGISTRATION, RegistrationGate
 from .store import GalleryStore, SiteRecord
 
 log = logging.getLogger("blindgate.cloud.app")
@@ -106,8 +107,7 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
     for record in await in_thread(store.sites):
         app[SITES][record.site_id] = record
         app[SUBJECT_COUNTS][record.site_id] = (await in_thread(store.stats, record.site_id))["subjects"]
-    if not config.provision_token:
-        log.warning("no provision_token configured: anyone who reaches the API can register a site")
+    app[REGISTRATION] = RegistrationGate.for_config(config, state_dir)  # closed by default (cloud/registration.py)
     yield
     await in_thread(store.close)
 
@@ -120,8 +120,10 @@ async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
         config.workers,
         config.queue_size,
         app[METRICS],
+        site_share=config.site_queue_share,
         log_level=config.log_level if logging.getLogger().handlers else None,
         log_format=config.log_format,
+        cache_bytes=config.worker_cache_bytes,
     )
     app[POOL] = pool
     await pool.start()

@@ -10,10 +10,10 @@ calls in threads, so `/healthz` answers at once while scans run.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import functools
-import hmac
 import logging
 import secrets
 import time
@@ -27,7 +27,8 @@ from blindgate.shared.protocol import ProtocolError, check_name, public_key_to_t
 from .door_keys import door_from_headers, save_door_key
 from .http_errors import json_error, match_error
 from .key_rotation import published
-from .matcher import MatchError
+from .match_errors import MatchError
+from .registration import REGISTRATION
 from .resources import (
     BRIDGE,
     CONFIG,
@@ -51,15 +52,25 @@ READ_CHUNK = 64 * 1024
 
 
 async def read_body(request: web.Request, limit: int, what: str) -> bytes:
-    """The request body, refusing (413) anything over `limit` before buffering more than that."""
+    """The request body, refusing (413) anything over `limit` before buffering more than that.
+
+    The whole body must arrive within `http_body_timeout` (408): a slow upload holds no connection.
+    """
     if request.content_length is not None and request.content_length > limit:
         raise json_error(413, f"{what} is {request.content_length} bytes; the limit is {limit}")
     chunks, size = [], 0
-    async for chunk in request.content.iter_chunked(READ_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise json_error(413, f"{what} is more than the {limit} bytes allowed")
-        chunks.append(chunk)
+    timeout = request.app[CONFIG].http_body_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_chunked(READ_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise json_error(413, f"{what} is more than the {limit} bytes allowed")
+                chunks.append(chunk)
+    except TimeoutError:
+        late = json_error(408, f"{what} did not arrive within {timeout:g} s")
+        late.force_close()  # the rest of the body is not worth waiting for: close after answering
+        raise late from None
     return b"".join(chunks)
 
 
@@ -112,22 +123,23 @@ async def register_site(request: web.Request) -> web.Response:
     """POST /v1/sites/{site}: register a site's evaluation bundle; answers its token and the cloud key (once)."""
     app = request.app
     site = site_param(request)
-    provision = app[CONFIG].provision_token
-    if provision:
-        offered = bearer_token(request) or ""
-        if not hmac.compare_digest(offered.encode(), provision.encode()):
-            raise json_error(401, "registering a site needs 'Authorization: Bearer <provision token>'")
-    if await lookup_site(app, site) is not None:
-        raise json_error(409, f"site {site!r} is already registered; its keys are never replaced")
+    gate = app[REGISTRATION]  # provision token, rate and site cap, before any bundle is read (cloud/registration.py)
+    gate.authorize(bearer_token(request))
+    gate.admit()
+    gate.check_capacity(len(await in_thread(app[STORE].sites)))
+    # Whether the site exists is told only to a request that could have registered it (authorized,
+    # well-formed, valid bundle): anything less is answered the same for a new and an existing site.
     door = door_from_headers(request)  # the registering door's request key, if named (cloud/door_keys.py)
     bundle = await read_body(request, MAX_BUNDLE_BYTES, "evaluation bundle")
     if not bundle:
         raise json_error(400, "empty body: send the site's evaluation bundle (application/octet-stream)")
     try:
-        key_id = await app[POOL].validate_bundle(bundle)
+        key_id, bundle = await app[POOL].parse_bundle(bundle)  # strict, and re-serialized: what is stored
     except MatchError as exc:
         raise match_error(exc) from None
-    token = secrets.token_urlsafe(32)
+    if await lookup_site(app, site) is not None:
+        raise json_error(409, f"site {site!r} is already registered; its keys are never replaced")
+    token = secrets.token_hex(32)  # site tokens go on command lines and in headers: hex only
     try:
         await in_thread(app[STORE].create_site, site, token, key_id, bundle)
     except StoreConflict as exc:
@@ -303,16 +315,14 @@ async def cloud_key(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness and a few cheap facts; touches neither the store nor the workers."""
+    """Liveness and a few cheap facts; touches neither the store nor the workers; no counts (sites, queue)."""
     app = request.app
     bridge = app.get(BRIDGE)
     return web.json_response(
         {
             "status": "ok",
             "uptime_s": round(time.time() - app[STARTED], 1),
-            "sites": len(app[SUBJECT_COUNTS]),
             "workers": app[POOL].workers,
-            "queue": app[POOL].inflight,
             "mqtt_connected": bool(bridge and bridge.connected.is_set()) if bridge else None,
         }
     )

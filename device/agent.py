@@ -112,11 +112,13 @@ class Agent:
         self.link.when_connected = self._announce
         self.link.when_ha_online = self.publish_discovery
         self.link.when_retained_ignored = lambda topic: self._count("retained_ignored")
+        self.link.when_replies_dropped = self._replies_dropped
         self.timings: deque[dict[str, float]] = deque(maxlen=2000)
         self.counters: dict[str, int] = {}
         self.last_frame_at: float | None = None
         self.when_decided: Callable[[Verdict, Decision], None] | None = None
         self.when_lock_changed: Callable[[str], None] | None = None
+        self.when_reply_rejected: Callable[[str], None] | None = None  # the reason (device/metrics.py kinds it)
         self._shown_lock: str | None = None
         self._state = threading.RLock()
         self._stop = threading.Event()
@@ -178,6 +180,11 @@ class Agent:
             return Verdict(VerdictKind.DOUBT, check.reason, request_id=rid, gallery_version=version)
         return Verdict(kind, "match", subject=subject, label=check.label, request_id=rid, gallery_version=version)
 
+    def _replies_dropped(self, count: int) -> None:
+        """One audit line per burst of reply-topic messages the bounded queue dropped (a flood is not judged)."""
+        log.warning("dropped %d queued reply-topic messages (flood or stale)", count)
+        self.audit.write(kind="replies_dropped", count=count)
+
     def _integrity_alarm(self, reason: str, request_id: str) -> None:
         """The `cloud_integrity` alarm: event (no distance), audit line, counter; the door stays locked."""
         self._count("cloud_integrity")
@@ -202,6 +209,8 @@ class Agent:
                 self._count("replies_rejected")
                 log.warning("reply rejected: %s", verdict.reason)
                 self.audit.write(kind="reply_rejected", reason=verdict.reason)
+                if self.when_reply_rejected is not None:
+                    self.when_reply_rejected(verdict.reason)
             return Verdict(VerdictKind.DOUBT, "no reply in time", request_id=request.request_id)
         finally:
             self.pending.discard(request.request_id)

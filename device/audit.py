@@ -1,13 +1,15 @@
 """The door's audit log: append-only JSON lines in the state directory.
 
 Decisions, rejected replies and lock changes, each with a UTC timestamp; never an image, a
-distance or a score (those must not leave the agent's memory).
+distance or a score (those must not leave the agent's memory). It names people, so it is the
+owner's only (0600): created so, and an existing looser file is tightened when the log opens.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +29,11 @@ class AuditLog:
     def __init__(self, path: str | Path | None) -> None:
         self.path = Path(path) if path else None
         self._guard = threading.Lock()
+        if self.path is not None and self.path.exists():
+            try:
+                os.chmod(self.path, 0o600)
+            except OSError as exc:
+                log.warning("cannot make %s owner-only: %s", self.path, exc)
 
     def write(self, **entry: Any) -> None:
         """Append one entry; a failing disk is logged, never raised (the door must keep working)."""
@@ -35,7 +42,8 @@ class AuditLog:
         line = json.dumps({"ts": now_iso(), **entry}, default=str) + "\n"
         with self._guard:
             try:
-                with open(self.path, "a", encoding="utf-8") as fh:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                with open(fd, "a", encoding="utf-8") as fh:
                     fh.write(line)
             except OSError as exc:
                 log.warning("audit log write failed: %s", exc)

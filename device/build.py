@@ -30,6 +30,7 @@ from .state import DeviceState, StateError
 def build_agent(config: DeviceConfig, lock: DoorLock | None = None, analyzer: Analyzer | None = None) -> Agent:
     """The door as provisioned by `blindgate-device init`: keys, cloud link, labels, GPIO lock, dlib."""
     state = DeviceState(config.state_dir)
+    state.ensure_dir()  # a directory left looser (0755 by hand or an old install) is tightened to 0700
     keys = state.load_keys()
     cloud = state.load_cloud()
     if cloud.key_id != keys.key_id:

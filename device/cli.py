@@ -42,6 +42,7 @@ from blindgate.shared.protocol import ProtocolError
 from .build import build_agent, face_config, open_configured_camera
 from .cloud_client import CloudClient, CloudError
 from .door_key import ensure_door_key, public_text, rotate_door_key
+from .endpoint import EndpointError, start_endpoint
 from .faces import FaceAnalyzer, load_image
 from .labels import LabelCipher, LabelError
 from .notify import Notifier
@@ -100,7 +101,16 @@ def cmd_init(config: DeviceConfig, args) -> int:
     if created:
         print(f"created door key {state.door_key_path}")
     door = (config.device_id, public_text(door_key))
-    answer = client.register_site(keys.evaluation_bytes, provision_token=token, door=door)
+    try:
+        answer = client.register_site(keys.evaluation_bytes, provision_token=token, door=door)
+    except CloudError as exc:
+        if exc.status != 401:
+            raise
+        raise UsageError(
+            f"the cloud refused registration: {'wrong' if token else 'no'} provision token. Pass the one in the "
+            "cloud's state directory (file provision-token, or its configured provision_token) with "
+            "`init --provision-token TOKEN` or BLINDGATE_PROVISION_TOKEN"
+        ) from None
     if answer["key_id"] != keys.key_id:
         raise UsageError(f"cloud registered key {answer['key_id']}, expected {keys.key_id}")
     cloud_key = confirm_cloud_key(answer["cloud_public_key"], args.cloud_key)  # constant time against the pin
@@ -295,11 +305,14 @@ def cmd_run(config: DeviceConfig, args) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    endpoint = start_endpoint(config, agent)  # /metrics, /healthz: None unless [endpoint] enabled
     try:
         agent.connect()
         with open_configured_camera(config) as camera:
             agent.run(camera, notifier=notifier, max_frames=args.max_frames)
     finally:
+        if endpoint is not None:
+            endpoint.stop()
         agent.close()
         timings = list(agent.timings)
         if timings:
@@ -370,7 +383,17 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.log_level, config.log_format)
     try:
         return COMMANDS[args.command](config, args)
-    except (UsageError, CloudError, StateError, LabelError, EngineError, ProtocolError, FileNotFoundError, ValueError) as exc:
+    except (
+        UsageError,
+        CloudError,
+        StateError,
+        LabelError,
+        EngineError,
+        ProtocolError,
+        FileNotFoundError,
+        ValueError,
+        EndpointError,
+    ) as exc:
         print(f"blindgate-device {args.command}: {exc}", file=sys.stderr)
         return 1
 

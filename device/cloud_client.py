@@ -66,7 +66,7 @@ class CloudClient:
             raw = exc.read()
             try:
                 message = json.loads(raw)["error"]
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 message = raw.decode("utf-8", "replace")[:300] or exc.reason
             raise CloudError(exc.code, str(message)) from None
         except (urllib.error.URLError, OSError) as exc:
@@ -76,7 +76,7 @@ class CloudClient:
             return raw
         try:
             return json.loads(raw) if raw else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's stack
             raise CloudError(0, f"{method} {path}: answer is not JSON") from None
 
     def _site_path(self, suffix: str = "") -> str:

@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             log_level="WARNING",  # decisions are printed instead
         )
         t0 = time.monotonic()
-        rc, out, err = device_cli(config, "init")
+        rc, out, err = device_cli(config, *cloud.init_args())  # the token the cloud created at first start
         if rc != 0:
             raise DemoError(f"init failed: {err.strip()}")
         for line in out.strip().splitlines():

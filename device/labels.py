@@ -83,4 +83,7 @@ class LabelCipher:
             plain = self._aead.decrypt(bytes(blob[:NONCE_BYTES]), bytes(blob[NONCE_BYTES:]), self._ad)
         except InvalidTag:
             raise LabelError("label does not decrypt: altered, from another site, or another key") from None
-        return plain.decode("utf-8")
+        try:
+            return plain.decode("utf-8")
+        except UnicodeDecodeError:  # authentic bytes, but not a name this site's devices wrote
+            raise LabelError("label decrypts to bytes that are not UTF-8") from None

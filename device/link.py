@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,8 @@ from blindgate.shared.config import DeviceConfig
 from blindgate.shared.errors import BlindgateError
 from blindgate.shared.mqtt import make_client
 from blindgate.shared.protocol import ProbeRequest, encode_probe_request, probe_topic
+
+from .reply_queue import ReplyQueue
 
 log = logging.getLogger("blindgate.device.link")
 
@@ -92,7 +93,8 @@ class Incoming:
 
 
 class MqttLink:
-    """One door's broker connection. Attach `when_connected`, `when_ha_online`, `when_retained_ignored`."""
+    """One door's broker connection. Attach `when_connected`, `when_ha_online`, `when_retained_ignored`,
+    `when_replies_dropped(count)` (once per burst of dropped reply-topic messages, before a probe)."""
 
     def __init__(self, config: DeviceConfig) -> None:
         self.config = config
@@ -101,9 +103,10 @@ class MqttLink:
         self.when_connected: Callable[[], None] | None = None
         self.when_ha_online: Callable[[], None] | None = None
         self.when_retained_ignored: Callable[[str], None] | None = None
+        self.when_replies_dropped: Callable[[int], None] | None = None
         self._connected = threading.Event()
         self._closing = threading.Event()
-        self._replies: queue.Queue[Incoming | None] = queue.Queue()
+        self.replies: ReplyQueue[Incoming] = ReplyQueue(config.reply_queue)  # bounded, drop-oldest
 
     @property
     def is_connected(self) -> bool:
@@ -136,6 +139,7 @@ class MqttLink:
             log.error("broker refused the connection: %s", reason_code)
             return
         client.subscribe([(self.topics.reply, 1), (self.topics.ha_status, 1)])
+        self.replies.clear_lost()  # a past outage must not fail the first frame after this reconnect
         self._connected.set()
         client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
         if self.when_connected is not None:
@@ -146,7 +150,7 @@ class MqttLink:
         """paho callback: wake a waiting probe (it fails secure); paho reconnects by itself."""
         was = self._connected.is_set()
         self._connected.clear()
-        self._replies.put(None)
+        self.replies.mark_lost()
         if was and not self._closing.is_set():
             log.warning("broker connection lost (%s); reconnecting", reason_code)
 
@@ -158,7 +162,7 @@ class MqttLink:
                 self.when_retained_ignored(msg.topic)
             return
         if msg.topic == self.topics.reply:
-            self._replies.put(Incoming(bytes(msg.payload), bool(msg.retain)))
+            self.replies.put(Incoming(bytes(msg.payload), bool(msg.retain)))
         elif msg.topic == self.topics.ha_status and msg.payload == ONLINE.encode():
             if self.when_ha_online is not None:
                 self.when_ha_online()
@@ -174,6 +178,9 @@ class MqttLink:
         """Send a probe as an MQTT v5 request signed with the door's key; the paho return code (0 = queued)."""
         if self.client is None:
             return mqtt.MQTT_ERR_NO_CONN
+        dropped = self.replies.flush()  # nothing queued before this request can answer it
+        if dropped and self.when_replies_dropped is not None:
+            self.when_replies_dropped(dropped)
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = self.topics.reply
         props.CorrelationData = bytes.fromhex(request.request_id)
@@ -186,12 +193,9 @@ class MqttLink:
     def next_reply(self, timeout: float) -> Incoming | None:
         """The next message on the reply topic, None after `timeout` s; `LinkLost` if the connection dropped."""
         try:
-            item = self._replies.get(timeout=max(0.0, timeout))
-        except queue.Empty:
-            return None
-        if item is None:
-            raise LinkLost("broker disconnected")
-        return item
+            return self.replies.get(timeout)
+        except ConnectionError:
+            raise LinkLost("broker disconnected") from None
 
     def close(self, last_words: Sequence[tuple[str, str]] = ()) -> None:
         """Publish `last_words` (topic, retained payload) and `offline`, then disconnect. Safe to repeat."""

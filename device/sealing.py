@@ -116,9 +116,16 @@ class TemplateSealer:
             plain = self._aead.decrypt(nonce, bytes(blob[_HEAD.size + NONCE_BYTES :]), self._ad(subject, key_id, version))
         except InvalidTag:
             raise SealError(f"sealed template of {subject!r} does not open: altered, moved, or not sealed by this site") from None
-        (dim,) = struct.unpack_from("<H", plain)
+        # Authentic but malformed (a buggy or older sealer): refuse rather than misread it.
+        dim = struct.unpack_from("<H", plain)[0] if len(plain) >= 2 else 0
         end = 2 + 8 * dim
+        if not 2 <= dim <= 4096 or len(plain) < end:
+            raise SealError(f"sealed template of {subject!r} is malformed (dimension {dim}, {len(plain)} bytes)")
         template = np.frombuffer(plain[2:end], dtype="<f8").astype(np.float64)
-        return SealedTemplate(
-            subject=subject, key_id=key_id, version=version, label=plain[end:].decode("utf-8"), template=template
-        )
+        if not np.all(np.isfinite(template)):
+            raise SealError(f"sealed template of {subject!r} holds non-finite values")
+        try:
+            label = plain[end:].decode("utf-8")
+        except UnicodeDecodeError:
+            raise SealError(f"sealed template of {subject!r} has a name that is not UTF-8") from None
+        return SealedTemplate(subject=subject, key_id=key_id, version=version, label=label, template=template)

@@ -65,6 +65,7 @@ class DeviceState:
         self.dir = Path(state_dir)
 
     def ensure_dir(self) -> None:
+        """Create the directory 0700, or tighten an existing one to 0700 (on `init` and on every start)."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             os.chmod(self.dir, 0o700)

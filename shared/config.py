@@ -50,10 +50,20 @@ class CloudConfig:
     http_port: int = 8600
     workers: int = 1  # matcher processes; each holds the galleries' blocks
     queue_size: int = 8  # probes waiting for a matcher; beyond it the answer is "busy"
+    site_queue_share: int = 0  # queue slots one site may hold; 0 = half of queue_size (at least 1)
+    http_header_timeout: float = 10.0  # s for a new connection to send its request headers
+    http_body_timeout: float = 60.0  # s to read one request body (a bundle is up to 32 MiB)
+    http_keepalive_timeout: float = 15.0  # s an idle keep-alive connection stays open
+    http_max_connections: int = 256  # open HTTP connections; beyond it the oldest unsent one is closed
     reply_ttl: float = 10.0  # seconds a reply stays valid (MQTT expiry and signed expiry)
     share_group: str = "blindgate-cloud"
-    # Bearer token required to register a site; empty = open registration (logged as a warning).
+    # Bearer token required to register a site. Empty: the cloud creates one at first start
+    # (state_dir/provision-token, mode 0600) unless open_registration is set.
     provision_token: str = ""
+    open_registration: bool = False  # explicit opt-in: anyone who reaches the API may register a site
+    max_sites: int = 1000  # registered sites per cloud; registration beyond it is refused (403)
+    registrations_per_minute: int = 30  # cloud-wide, token holders included; beyond it 429
+    worker_cache_bytes: int = 4 * 1024**3  # per matcher worker: parsed keys + gallery blocks, LRU by bytes
     log_level: str = "INFO"
     log_format: str = "json"  # json or text
     mqtt: MQTTConfig = field(default_factory=MQTTConfig)
@@ -106,6 +116,15 @@ class LockConfig:
 
 
 @dataclass
+class EndpointConfig:
+    """The door agent's one local HTTP endpoint (/metrics, /healthz; later admin routes): off by default."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"  # loopback: only this machine can scrape it
+    port: int = 9610
+
+
+@dataclass
 class DeviceConfig:
     site: str = "home"
     device_id: str = "door1"
@@ -115,11 +134,13 @@ class DeviceConfig:
     log_level: str = "INFO"
     log_format: str = "json"
     ha_discovery_prefix: str = "homeassistant"
+    reply_queue: int = 16  # messages kept from the reply topic; beyond it the oldest is dropped
     mqtt: MQTTConfig = field(default_factory=MQTTConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     face: FaceSettings = field(default_factory=FaceSettings)
     decision: DecisionConfig = field(default_factory=DecisionConfig)
     lock: LockConfig = field(default_factory=LockConfig)
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
 
 
 C = TypeVar("C", bound="DataclassInstance")

@@ -6,9 +6,10 @@ for named sections), or — for the `prefixed` layout — their count, each blob
 own u32 length. Key files, gallery blocks and wire messages differ only in that `Layout`.
 
 `unframe` does every structural check once: type, total size limit, magic, kind, header length
-bound, the header is a JSON object, blob sizes are non-negative and within the data, and no
-trailing bytes. What the header *means* is the caller's job. Pure bytes, no I/O; errors are
-raised as the caller's error class so the engine says EngineError and the protocol ProtocolError.
+bound, the header is a JSON object (finite numbers only, nesting within the parser's stack), blob
+sizes are non-negative and within the data, and no trailing bytes. What the header *means* is the
+caller's job. Pure bytes, no I/O; errors are raised as the caller's error class so the engine says
+EngineError and the protocol ProtocolError.
 """
 
 from __future__ import annotations
@@ -133,11 +134,25 @@ def unframe(
     return Frame(kind=found, header=header, blobs=tuple(blobs), names=tuple(names))
 
 
+def _finite(text: str) -> float:
+    """JSON numbers only: `1e999` would parse as inf, and NaN compares false with every expiry."""
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:20]!r} is not finite")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _parse_header(raw: memoryview, what: str, error: type[BlindgateError]) -> dict[str, Any]:
     try:
-        header = json.loads(bytes(raw))
-    except ValueError as exc:
+        header = json.loads(bytes(raw), parse_float=_finite, parse_constant=_no_constant)
+    except ValueError as exc:  # includes UnicodeDecodeError and the int-digits limit
         raise error(f"{what}: malformed header ({exc})") from None
+    except RecursionError:  # `[[[[...` nested deeper than the parser's stack
+        raise error(f"{what}: malformed header (nested too deeply)") from None
     if not isinstance(header, dict):
         raise error(f"{what}: malformed header (a JSON {type(header).__name__}, not an object)")
     return header

@@ -20,8 +20,14 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from blindgate.shared.errors import BlindgateError
+import paho.mqtt.client as mqtt
 
+from blindgate.shared.broker_auth import new_password, write_password_file
+from blindgate.shared.config import MQTTConfig
+from blindgate.shared.errors import BlindgateError
+from blindgate.shared.mqtt import make_client
+
+PROVISION_TOKEN_FILE = "provision-token"  # cloud/registration.py PROVISION_TOKEN_NAME
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
 
@@ -56,26 +62,64 @@ def _stop(process: subprocess.Popen | None, timeout: float) -> int | None:
     return process.returncode
 
 
+BROKER_USERS = ("cloud", "door", "observer")
+
+
+@dataclass(frozen=True)
+class BrokerTLS:
+    """PEM files for a TLS listener: the CA clients verify against, the broker's certificate and key."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
 @dataclass
 class Broker:
-    """A running Mosquitto; `restart()` stops and starts it on the same port (persistence off)."""
+    """A running Mosquitto; `restart()` stops and starts it on the same port (persistence off).
+
+    No anonymous access: every client logs in as one of `users` (name -> password, generated;
+    `cloud`, `door` and `observer`, which models whoever relays traffic and so has no ACL), over
+    TLS when `tls` is given. `mqtt_config(user)` and `client(user)` carry the credentials.
+    """
 
     host: str
     port: int
     workdir: Path
     process: subprocess.Popen | None = None
+    users: dict[str, str] = field(default_factory=lambda: {name: new_password() for name in BROKER_USERS})
+    tls: BrokerTLS | None = None
+
+    def mqtt_config(self, user: str = "observer", **overrides: object) -> MQTTConfig:
+        """How a client of this broker connects as `user` (KeyError for an unknown user)."""
+        config = MQTTConfig(host=self.host, port=self.port, username=user, password=self.users[user])
+        if self.tls is not None:
+            config.tls, config.ca_file = True, str(self.tls.ca_file)
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        return config
+
+    def client(self, user: str = "observer", client_id: str = "") -> mqtt.Client:
+        """An unconnected MQTT v5 paho client logged in as `user`; callers connect to host, port."""
+        return make_client(self.mqtt_config(user), client_id)
 
     def start(self) -> None:
         binary = mosquitto_binary()
         if binary is None:
             raise MosquittoMissing("mosquitto not installed: apt-get install mosquitto")
         conf = self.workdir / "mosquitto.conf"
+        passwd = write_password_file(self.workdir / "passwd", self.users)
+        tls = ""
+        if self.tls is not None:
+            tls = f"cafile {self.tls.ca_file}\ncertfile {self.tls.cert_file}\nkeyfile {self.tls.key_file}\ntls_version tlsv1.2\n"
         conf.write_text(
-            f"listener {self.port} {self.host}\n"
-            "allow_anonymous true\n"
+            f"listener {self.port} {self.host}\n" + tls + "allow_anonymous false\n"
+            f"password_file {passwd}\n"
             "persistence false\n"
             "max_packet_size 67108864\n"
             f"log_dest file {self.workdir / 'mosquitto.log'}\n"
+            # Started as root, mosquitto becomes user "mosquitto", who cannot read this private directory.
+             + ("user root\n" if os.geteuid() == 0 else "")
         )
         self.process = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
@@ -99,9 +143,9 @@ class Broker:
         self.start()
 
 
-def start_broker(workdir: Path) -> Broker:
+def start_broker(workdir: Path, tls: BrokerTLS | None = None) -> Broker:
     workdir.mkdir(parents=True, exist_ok=True)
-    broker = Broker("127.0.0.1", free_port(), workdir)
+    broker = Broker("127.0.0.1", free_port(), workdir, tls=tls)
     broker.start()
     return broker
 
@@ -125,6 +169,17 @@ class CloudService:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def provision_token(self) -> str:
+        """What `blindgate-device init --provision-token` needs: the configured token, else the one
+        the cloud created at first start in its state directory (cloud/registration.py)."""
+        configured = self.env.get("BLINDGATE_PROVISION_TOKEN") or os.environ.get("BLINDGATE_PROVISION_TOKEN")
+        return str(configured) if configured else (self.state_dir / PROVISION_TOKEN_FILE).read_text().strip()
+
+    def init_args(self) -> list[str]:
+        """The device CLI's `init` command with this cloud's provision token."""
+        return ["init", f"--provision-token={self.provision_token}"]
+
     def start(self, timeout: float = 60.0) -> CloudService:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         environ = dict(os.environ)
@@ -136,6 +191,13 @@ class CloudService:
             BLINDGATE_MQTT_PORT=str(self.broker.port),
             BLINDGATE_WORKERS="1",
             BLINDGATE_LOG_FORMAT="text",
+        )
+        mqtt_config = self.broker.mqtt_config("cloud")  # the broker takes no anonymous clients
+        environ.update(
+            BLINDGATE_MQTT_USERNAME=mqtt_config.username,
+            BLINDGATE_MQTT_PASSWORD=mqtt_config.password,
+            BLINDGATE_MQTT_TLS="true" if mqtt_config.tls else "false",
+            BLINDGATE_MQTT_CA_FILE=mqtt_config.ca_file,
         )
         environ.update({k: str(v) for k, v in self.env.items()})
         with open(self.log_path, "ab") as log:
@@ -183,6 +245,14 @@ class CloudService:
         self.process = None
 
 
+def _mqtt_auth_toml(config: MQTTConfig) -> str:
+    """`[mqtt]` credential and TLS lines for a device TOML."""
+    lines = f"username = {json.dumps(config.username)}\npassword = {json.dumps(config.password)}\n"
+    if config.tls:
+        lines += f"tls = true\nca_file = {json.dumps(config.ca_file)}\n"
+    return lines
+
+
 def write_device_config(
     path: Path,
     *,
@@ -202,7 +272,7 @@ def write_device_config(
     path.write_text(
         f"site = {json.dumps(site)}\ndevice_id = {json.dumps(device_id)}\ncloud_url = {json.dumps(cloud_url)}\n"
         f'state_dir = {json.dumps(str(state_dir))}\nlog_format = "text"\nlog_level = {json.dumps(log_level)}\n'
-        f"[mqtt]\nhost = {json.dumps(broker.host)}\nport = {broker.port}\n"
+        f"[mqtt]\nhost = {json.dumps(broker.host)}\nport = {broker.port}\n{_mqtt_auth_toml(broker.mqtt_config('door'))}"
         f"[camera]\nsource = {json.dumps(camera)}\nwidth = 640\nheight = 0\nfps = {float(fps)}\n"
         f"realtime = {'true' if realtime else 'false'}\n"
         "[decision]\n"
@@ -213,7 +283,9 @@ def write_device_config(
 
 
 __all__ = [
+    "BROKER_USERS",
     "Broker",
+    "BrokerTLS",
     "CloudService",
     "LaunchError",
     "MosquittoMissing",

@@ -15,10 +15,33 @@ MAX_HEADER_BYTES = 64 * 1024
 # but refuse anything that could not be one.
 MAX_PROBE_BYTES = 300 * 1024
 
-# An evaluation bundle (seeded relinearization + Galois keys) is ~6 MB for dlib's 128 values and
-# under 10 MB for 512: cap what is parsed (and what the HTTP route reads) well above any honest
-# bundle. The device key file (bundle + secret key) is parsed under the same cap.
-MAX_BUNDLE_BYTES = 32 * 1024 * 1024
+# The CKKS ring and key modulus (shared/engine/context.py Params): N = 8192 and four primes, the
+# last one the special prime key switching uses. Key sizes below follow from these two numbers.
+RING_DEGREE = 8192
+KEY_PRIMES = 4
+# SEAL's 16-byte header, the seed of a seeded key and per-ciphertext metadata, per key-switch part.
+SEAL_OVERHEAD_BYTES = 4096
+
+
+def max_evaluation_bundle_bytes(dim: int) -> int:
+    """The largest honest evaluation bundle for `dim`: computed, not guessed, so padding has no room.
+
+    A bundle holds one relinearization key and one Galois key per power of two below `dim`
+    (dim.bit_length() keys in all). Each is SEAL's seeded form: KEY_PRIMES - 1 parts, each one
+    polynomial over all KEY_PRIMES primes (8 bytes a coefficient) — counted uncompressed, so the
+    bound holds for any compression mode. dlib's 128 values: 6.3 MB for a real ~5.6 MB bundle.
+    """
+    per_key = (KEY_PRIMES - 1) * (KEY_PRIMES * RING_DEGREE * 8 + SEAL_OVERHEAD_BYTES)
+    return MAX_HEADER_BYTES + 64 + dim.bit_length() * per_key
+
+
+# What the HTTP routes read and the key file parser accepts before it knows the dimension: the
+# bound for the largest dimension the engine supports (4096 values, ~10 MB). Once the header names
+# the dimension, the bundle must also fit `max_evaluation_bundle_bytes(dim)`.
+MAX_BUNDLE_BYTES = max_evaluation_bundle_bytes(RING_DEGREE // 2)
+
+# The device key file: a bundle plus the secret key (one polynomial over KEY_PRIMES primes).
+MAX_KEY_FILE_BYTES = MAX_BUNDLE_BYTES + KEY_PRIMES * RING_DEGREE * 8 + SEAL_OVERHEAD_BYTES + MAX_HEADER_BYTES
 
 # An enrollment ciphertext uploaded over HTTP: a level-2 ciphertext is at most 2 x 3 x 8192 x 8
 # bytes (~390 KB) plus SEAL's headers, and usually much less once compressed.

@@ -26,7 +26,6 @@ from types import SimpleNamespace
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -58,7 +57,7 @@ class Relay:
         self._ready.wait(10)
 
     def _client(self, broker, topic: str, handler) -> mqtt.Client:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        client = broker.client()
         client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         client.on_subscribe = lambda c, u, mid, rcs, p: self._ready.wait(10)
         client.on_message = handler
@@ -109,7 +108,7 @@ def system(tmp_path_factory, faces_dir):
             decision={"reply_timeout": 3.0, "open_seconds": 0.5, "cooldown_s": 0.5},
         )
         kit = faces_dir / "people" / "kit_harington"
-        assert device_main(["--config", str(config), "init"]) == 0
+        assert device_main(["--config", str(config), *cloud.init_args()]) == 0
         assert device_main(["--config", str(config), "enroll", "Kit", str(kit / "kit1.jpg"), str(kit / "kit2.jpg")]) == 0
         relay = Relay(door_broker, cloud_broker)
         device_config = load_config(DeviceConfig, config, env={})

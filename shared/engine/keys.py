@@ -14,23 +14,46 @@ from dataclasses import dataclass, field
 import tenseal.sealapi as seal
 
 from blindgate.shared.framing import Layout, frame, unframe
-from blindgate.shared.limits import MAX_BUNDLE_BYTES
+from blindgate.shared.limits import MAX_BUNDLE_BYTES, MAX_KEY_FILE_BYTES, max_evaluation_bundle_bytes
 
 from .context import Context, EngineError, Params, context_for, from_bytes, to_bytes
 
 _KIND_SECRET = b"S"
 _KIND_EVALUATION = b"E"
 # `BGK1 | kind | u32 header length | JSON header | sections`, the header naming each section.
-_LAYOUT = Layout(magic=b"BGK1", name="blindgate key file", limit=MAX_BUNDLE_BYTES, sizes="sections")
+_LAYOUT = Layout(magic=b"BGK1", name="blindgate key file", limit=MAX_KEY_FILE_BYTES, sizes="sections")
+# An evaluation bundle holds exactly these sections, in this order, and this header: nothing else.
+_EVALUATION_SECTIONS = ("relin", "galois")
+_EVALUATION_HEADER = {"params", "key_id", _LAYOUT.sizes}
 
 
 def _pack(kind: bytes, header: dict, sections: dict[str, bytes]) -> bytes:
     return frame(_LAYOUT, header, sections, kind=kind)
 
 
-def _unpack(data: bytes, what: str) -> tuple[bytes, dict, dict[str, bytes]]:
-    parsed = unframe(_LAYOUT, data, what, error=EngineError)
+def _unpack(data: bytes, what: str, limit: int | None = None) -> tuple[bytes, dict, dict[str, bytes]]:
+    parsed = unframe(_LAYOUT, data, what, limit=limit, error=EngineError)
+    if len(set(parsed.names)) != len(parsed.names):
+        raise EngineError(f"{what}: a section is listed twice — malformed or tampered")
     return parsed.kind, parsed.header, parsed.sections()
+
+
+def _check_evaluation_shape(header: dict, sections: dict[str, bytes], params: Params, size: int, what: str) -> None:
+    """Exactly the expected header fields and sections, within the size an honest bundle can have.
+
+    The key id covers only the keys, so anything else (an extra section, header field or padding)
+    would be stored and cached verbatim: a registered site could make the cloud hold megabytes of junk.
+    """
+    if tuple(sections) != _EVALUATION_SECTIONS:
+        raise EngineError(f"{what}: sections {list(sections)} are not exactly {list(_EVALUATION_SECTIONS)}")
+    extra = set(header) - _EVALUATION_HEADER
+    if extra:
+        raise EngineError(f"{what}: unknown header fields {sorted(extra)}")
+    if header.get("params") != params.to_dict():
+        raise EngineError(f"{what}: parameter record {header.get('params')!r} is not in canonical form")
+    limit = max_evaluation_bundle_bytes(params.dim)
+    if size > limit:
+        raise EngineError(f"{what}: {size} bytes is more than the {limit} an evaluation bundle for {params.dim} values can be")
 
 
 def derive_key_id(params: Params, relin: bytes, galois: bytes) -> str:
@@ -40,6 +63,10 @@ def derive_key_id(params: Params, relin: bytes, galois: bytes) -> str:
     digest.update(hashlib.sha256(relin).digest())
     digest.update(hashlib.sha256(galois).digest())
     return digest.hexdigest()[:32]
+
+
+def _pack_evaluation(params: Params, key_id: str, relin: bytes, galois: bytes) -> bytes:
+    return _pack(_KIND_EVALUATION, {"params": params.to_dict(), "key_id": key_id}, {"relin": relin, "galois": galois})
 
 
 @dataclass
@@ -57,13 +84,14 @@ class EvaluationKeys:
         return context_for(self.params)
 
     def to_bytes(self) -> bytes:
+        """The canonical serialization (header re-encoded, sections in order): what the cloud stores."""
         return self.raw
 
     @classmethod
     def from_bytes(cls, data: bytes, expected_key_id: str | None = None) -> EvaluationKeys:
         """Load and validate a bundle received from a device."""
         what = "evaluation bundle"
-        kind, header, sections = _unpack(data, what)
+        kind, header, sections = _unpack(data, what, MAX_BUNDLE_BYTES)
         if kind == _KIND_SECRET or "secret" in sections:
             raise EngineError(
                 f"{what}: this holds a SECRET key — it is the device's key file, never send it to the cloud; "
@@ -75,6 +103,7 @@ class EvaluationKeys:
         missing = {"relin", "galois"} - set(sections)
         if missing:
             raise EngineError(f"{what}: missing {sorted(missing)} keys")
+        _check_evaluation_shape(header, sections, params, len(data), what)
         key_id = derive_key_id(params, sections["relin"], sections["galois"])
         if header.get("key_id") != key_id:
             raise EngineError(
@@ -88,7 +117,12 @@ class EvaluationKeys:
         absent = [e for e in params.galois_elements() if not galois.has_key(e)]
         if absent:
             raise EngineError(f"{what}: Galois keys for elements {absent} are missing")
-        return cls(params=params, key_id=key_id, relin=relin, galois=galois, raw=bytes(data))
+        if galois.size() != len(params.galois_elements()):
+            raise EngineError(f"{what}: {galois.size()} Galois keys, expected exactly {len(params.galois_elements())}")
+        if relin.size() != 1:
+            raise EngineError(f"{what}: {relin.size()} relinearization keys, expected exactly 1")
+        raw = _pack_evaluation(params, key_id, sections["relin"], sections["galois"])
+        return cls(params=params, key_id=key_id, relin=relin, galois=galois, raw=raw)
 
 
 @dataclass
@@ -120,7 +154,7 @@ class SiteKeys:
             raise EngineError(f"{what}: holds no secret key — this is an evaluation bundle, not the device's keys")
         params = Params.from_dict(header.get("params", {}))
         ctx = context_for(params)
-        secret = from_bytes(seal.SecretKey, ctx, sections["secret"], f"{what} secret key", MAX_BUNDLE_BYTES)
+        secret = from_bytes(seal.SecretKey, ctx, sections["secret"], f"{what} secret key", MAX_KEY_FILE_BYTES)
         evaluation = EvaluationKeys.from_bytes(sections.get("evaluation", b""), expected_key_id=header.get("key_id"))
         if evaluation.params != params:
             raise EngineError(f"{what}: evaluation bundle parameters differ from the secret key's")
@@ -135,5 +169,5 @@ def generate_site_keys(dim: int = 128) -> SiteKeys:
     relin = to_bytes(keygen.create_relin_keys())  # seeded: half the size
     galois = to_bytes(keygen.create_galois_keys(params.galois_elements()))
     key_id = derive_key_id(params, relin, galois)
-    bundle = _pack(_KIND_EVALUATION, {"params": params.to_dict(), "key_id": key_id}, {"relin": relin, "galois": galois})
+    bundle = _pack_evaluation(params, key_id, relin, galois)
     return SiteKeys(params=params, key_id=key_id, secret=keygen.secret_key(), evaluation_bytes=bundle)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 import secrets
 import struct
 import time
@@ -182,8 +183,8 @@ def decode_probe_request(data: bytes) -> ProbeRequest:
         key_id=_field(header, "key_id", str, what),
         request_id=header["request_id"],
         nonce=header["nonce"],
-        issued_at=float(_field(header, "issued_at", (int, float), what)),
-        expires_at=float(_field(header, "expires_at", (int, float), what)),
+        issued_at=_time(header, "issued_at", what),
+        expires_at=_time(header, "expires_at", what),
         probe=blobs[0],
         mode=mode,
         subject=subject if mode == Mode.VERIFY else None,
@@ -325,7 +326,7 @@ def open_reply(data: bytes, verify_key: ReplyVerifier) -> Reply:
         request_id=_field(header, "request_id", str, what),
         nonce=_field(header, "nonce", str, what),
         gallery_version=int(_field(header, "gallery_version", int, what)),
-        expires_at=float(_field(header, "expires_at", (int, float), what)),
+        expires_at=_time(header, "expires_at", what),
         results=results,
         message=str(header.get("message", "")),
         probe_sha256=_field(header, "probe_sha256", str, what),
@@ -360,6 +361,18 @@ def _optional_str(header: dict[str, Any], name: str, what: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ProtocolError(f"{what}: field {name!r} not str or null")
     return value
+
+
+def _time(header: dict[str, Any], name: str, what: str) -> float:
+    """A finite unix time: a 400-digit integer overflows float, and a NaN expiry would never pass."""
+    value = _field(header, name, (int, float), what)
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise ProtocolError(f"{what}: field {name!r} is not a finite time")
+    return seconds
 
 
 def _is_index(value: object) -> bool:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from .errors import ProtocolError
 
 DEFAULT_TOPIC_PREFIX = "blindgate"
-_NAME_PUNCTUATION = frozenset("-_.")
+# ASCII only: `str.isalnum()` would accept look-alikes (a Cyrillic "о"), fullwidth letters and "²".
+_NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
 def probe_topic(site: str, device: str, prefix: str = DEFAULT_TOPIC_PREFIX) -> str:
@@ -32,11 +33,17 @@ def parse_probe_topic(topic: str, prefix: str = DEFAULT_TOPIC_PREFIX) -> tuple[s
     parts = topic.split("/")
     if len(parts) != 4 or parts[0] != prefix or parts[3] != "probe" or not parts[1] or not parts[2]:
         raise ProtocolError(f"not a probe topic: {topic!r}")
-    return parts[1], parts[2]
+    try:
+        return check_name(parts[1], "site"), check_name(parts[2], "device")
+    except ProtocolError:
+        raise ProtocolError(f"not a probe topic: {topic!r}") from None
 
 
 def check_name(value: str, what: str) -> str:
-    """Site and device ids appear in topics: keep them to safe characters."""
-    if not isinstance(value, str) or not 1 <= len(value) <= 64 or not all(c.isalnum() or c in _NAME_PUNCTUATION for c in value):
-        raise ProtocolError(f"{what} must be 1-64 characters of letters, digits, '-', '_' or '.', got {value!r}")
+    """Site and device ids appear in topics and URL paths: ASCII letters, digits, '-', '_', '.', no leading '.'.
+
+    A leading '.' is refused so that '.' and '..' never name a site (path segments) or a topic level.
+    """
+    if not isinstance(value, str) or not 1 <= len(value) <= 64 or value.startswith(".") or not _NAME_CHARACTERS.issuperset(value):
+        raise ProtocolError(f"{what} must be 1-64 ASCII letters, digits, '-', '_' or '.', not starting with '.', got {value!r}")
     return value

@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from blindgate.shared.config import CloudConfig, MQTTConfig
 from blindgate.shared.engine import generate_site_keys
+from blindgate.shared.mqtt import make_client
 from blindgate.shared.protocol import (
     encode_probe_request,
     new_probe_request,
@@ -47,8 +47,11 @@ def embeddings(n: int, seed: int = 0) -> np.ndarray:
 
 def cloud_config(state_dir: Path, broker: Broker | None = None, **overrides: Any) -> CloudConfig:
     """A test service's config: one worker, text logs, and a broker that is not there unless given."""
-    mqtt_config = MQTTConfig(host=broker.host, port=broker.port) if broker else MQTTConfig(port=1)
+    mqtt_config = broker.mqtt_config("cloud") if broker else MQTTConfig(port=1)
     values: dict[str, Any] = dict(state_dir=str(state_dir), workers=1, queue_size=8, log_format="text", mqtt=mqtt_config)
+    # In-process route tests opt in to open registration (a configured provision_token still wins);
+    # the closed default is tested in tests/cloud/test_registration.py with open_registration=False.
+    values["open_registration"] = True
     values.update(overrides)
     return CloudConfig(**values)
 
@@ -76,21 +79,20 @@ class Device:
     Its key must be registered for its site: `door_headers()` at registration, or `register_door`.
     """
 
-    def __init__(self, host: str, port: int, site: str, device: str, tag: str = "", door_key: Any = None) -> None:
+    def __init__(self, mqtt_config: MQTTConfig, site: str, device: str, tag: str = "", door_key: Any = None) -> None:
         self.site, self.device = site, device
         self.door_key = door_key or new_signing_key()  # an Ed25519PrivateKey
         self.token = ""  # the site's token, when a test keeps it here
-        self.host, self.port = host, port
+        self.mqtt_config = mqtt_config  # the broker and this test door's credentials
+        self.host, self.port = mqtt_config.host, mqtt_config.port
         self.subscribed = threading.Event()  # set while the reply subscription is granted
         self.replies: queue.Queue = queue.Queue()
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"test-{site}-{device}-{os.getpid()}{tag}", protocol=mqtt.MQTTv5
-        )
+        self.client = make_client(mqtt_config, f"test-{site}-{device}-{os.getpid()}{tag}")
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(reply_topic(site, device), qos=1)
         self.client.on_disconnect = lambda c, u, f, rc, p: self.subscribed.clear()
         self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
         self.client.on_message = lambda c, u, m: self.replies.put(m)
-        self.client.connect(host, port)
+        self.client.connect(self.host, self.port)
         self.client.loop_start()
         self.wait_subscribed(10)
 

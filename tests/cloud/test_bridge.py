@@ -39,7 +39,7 @@ FACES = embeddings(4, seed=11)
 async def service(broker, aiohttp_client, tmp_path, site_keys):
     """A running service (HTTP + MQTT) with site "home" holding FACES, and a device "door1"."""
     client = await aiohttp_client(create_app(cloud_config(tmp_path / "state", broker), mqtt=True))
-    device = Device(broker.host, broker.port, "home", "door1")
+    device = Device(broker.mqtt_config("door"), "home", "door1")
     resp = await client.post("/v1/sites/home", data=site_keys.evaluation_bytes, headers=device.door_headers())
     info = await resp.json()
     subjects = []
@@ -113,7 +113,7 @@ async def test_bad_payloads_refused_then_good_probe_answered(service, site_keys,
     reply = open_reply((await reply_of(device)).payload, cloud_key)
     assert reply.status == "error" and reply.request_id == bad_ct.request_id
     # unknown site (topic and header agree) and a wrong key id
-    stranger = Device(device.host, device.port, "nosuch", "door9")
+    stranger = Device(device.mqtt_config, "nosuch", "door9")
     try:
         req = stranger.probe(site_keys.key_id, probe)
         reply = open_reply((await reply_of(stranger)).payload, cloud_key)
@@ -122,7 +122,7 @@ async def test_bad_payloads_refused_then_good_probe_answered(service, site_keys,
         stranger.close()
     req = device.probe(other_keys.key_id, encrypt_probe(other_keys, FACES[0]))
     reply = open_reply((await reply_of(device)).payload, cloud_key)
-    assert reply.status == "error" and "key id" in reply.message
+    assert reply.status == "error" and reply.message == NOT_AUTHENTIC  # the same text: no key id oracle
     # header says another device than the topic
     other = new_probe_request("home", "door2", site_keys.key_id, probe)
     device.publish_raw(encode_probe_request(other, device.door_key), request_id=other.request_id)
@@ -185,7 +185,7 @@ async def ok_probe(device, cloud_key, site_keys, face=FACES[0]):
 async def test_request_signed_by_an_unregistered_key_is_not_scanned(service, site_keys):
     client, cloud_key, device, _ = service
     metrics = client.app[METRICS]
-    impostor = Device(device.host, device.port, "home", "door1", tag="-impostor")  # same door, an unregistered key
+    impostor = Device(device.mqtt_config, "home", "door1", tag="-impostor")  # same door, an unregistered key
     try:
         req = impostor.probe(site_keys.key_id, encrypt_probe(site_keys, FACES[0]))
         replies = [open_reply((await reply_of(d)).payload, cloud_key) for d in (impostor, device)]
@@ -201,13 +201,31 @@ async def test_request_signed_by_an_unregistered_key_is_not_scanned(service, sit
 
 async def test_unknown_door_and_bad_signature_look_the_same(service, site_keys):
     client, cloud_key, device, _ = service
-    unknown = Device(device.host, device.port, "home", "door7")  # a door that was never registered
+    unknown = Device(device.mqtt_config, "home", "door7")  # a door that was never registered
     try:
         unknown.probe(site_keys.key_id, encrypt_probe(site_keys, FACES[0]))
         reply = open_reply((await reply_of(unknown)).payload, cloud_key)
     finally:
         unknown.close()
     assert reply.status == "error" and reply.message == NOT_AUTHENTIC
+
+
+async def test_unknown_site_unknown_door_and_wrong_key_id_get_one_error_text(service, site_keys, other_keys):
+    """No oracle of which sites, doors or key ids exist: the three refusals read exactly the same."""
+    client, cloud_key, device, _ = service
+    probe = encrypt_probe(site_keys, FACES[0])
+    messages = []
+    for site, door in (("nosuch", "door1"), ("home", "door7")):
+        stranger = Device(device.mqtt_config, site, door)
+        try:
+            stranger.probe(site_keys.key_id, probe)
+            messages.append(open_reply((await reply_of(stranger)).payload, cloud_key).message)
+        finally:
+            stranger.close()
+    device.probe(other_keys.key_id, encrypt_probe(other_keys, FACES[0]))  # registered door, wrong key id
+    messages.append(open_reply((await reply_of(device)).payload, cloud_key).message)
+    assert messages == [NOT_AUTHENTIC] * 3
+    await ok_probe(device, cloud_key, site_keys)  # positive control
 
 
 async def test_replayed_request_gets_no_second_scan(service, site_keys):
@@ -289,3 +307,24 @@ async def test_transparent_or_nan_scale_probe_gets_an_error_reply(service, site_
     req = device.probe(site_keys.key_id, honest)
     reply = open_reply((await reply_of(device)).payload, cloud_key)
     assert reply.status == "ok" and reply.request_id == req.request_id and len(reply.results) == 1
+
+
+async def test_a_flooded_site_gets_busy_while_a_quiet_site_is_answered_in_time(service, site_keys, other_keys):
+    """Per-site queue share (queue 8, share 4): site home floods, site away's one probe still gets its scan."""
+    client, cloud_key, device, _ = service
+    quiet = Device(device.mqtt_config, "away", "door2")
+    try:
+        resp = await client.post("/v1/sites/away", data=other_keys.evaluation_bytes, headers=quiet.door_headers())
+        assert resp.status == 201, await resp.text()
+        probe = encrypt_probe(site_keys, FACES[0])
+        flood = [device.probe(site_keys.key_id, probe).request_id for _ in range(16)]
+        started = time.monotonic()
+        req = quiet.probe(other_keys.key_id, encrypt_probe(other_keys, FACES[1]))
+        reply = open_reply((await reply_of(quiet, timeout=10.0)).payload, cloud_key)
+        assert reply.request_id == req.request_id and reply.status == "ok"
+        assert time.monotonic() - started < 3.0  # within the door's default reply timeout
+        statuses = [open_reply((await reply_of(device)).payload, cloud_key) for _ in flood]
+    finally:
+        quiet.close()
+    assert {r.request_id for r in statuses} == set(flood)
+    assert sum(r.status == "busy" for r in statuses) >= 1 and sum(r.status == "ok" for r in statuses) >= 4

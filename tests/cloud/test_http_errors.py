@@ -9,7 +9,7 @@ from aiohttp.pytest_plugin import AiohttpClient
 from aiohttp.test_utils import TestClient
 
 from blindgate.cloud.http_errors import error_middleware, json_error, match_error
-from blindgate.cloud.matcher import MatchError, MatchErrorKind
+from blindgate.cloud.match_errors import MatchError, MatchErrorKind
 from blindgate.cloud.metrics import Metrics
 from blindgate.cloud.resources import METRICS
 from blindgate.cloud.store import StoreError

@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from blindgate.cloud.matcher import MatcherPool, MatchError, MatchErrorKind
+from blindgate.cloud.match_errors import MatchError, MatchErrorKind
+from blindgate.cloud.matcher import MatcherPool
 from blindgate.cloud.store import GalleryStore, StoreConflict, new_subject_id
 from blindgate.shared.engine import SiteKeys, decode_scan, encrypt_block, encrypt_enrollment, encrypt_probe
 from blindgate.shared.protocol import BlockResult
@@ -76,3 +77,30 @@ async def test_bulk_import_reload_busy_and_stale_commit(tmp_path, site_keys):
     finally:
         await pool.close()
         store.close()
+
+
+async def test_a_flooded_site_is_busy_while_a_quiet_site_still_gets_a_slot(tmp_path, monkeypatch):
+    """Per-site share of the queue: site A's flood fills its share only; site B's probe is still scanned."""
+    pool = MatcherPool(tmp_path / "gallery.db", workers=1, queue_size=8)  # share: 4 slots per site
+    release = asyncio.Event()
+
+    async def slow_scan(fn, *args):  # a worker that holds each scan until released
+        await release.wait()
+        return 1, []
+
+    monkeypatch.setattr(pool, "_run", slow_scan)
+    flood = [asyncio.ensure_future(pool.identify("siteA", "k", b"p")) for _ in range(12)]
+    await asyncio.sleep(0)
+    refused = [f for f in flood if f.done()]
+    assert len(refused) == 8 and all(f.exception().kind == MatchErrorKind.BUSY for f in refused)
+    assert pool.inflight == 4
+    quiet = asyncio.ensure_future(pool.identify("siteB", "k", b"p"))  # the quiet site: a slot is left for it
+    await asyncio.sleep(0)
+    assert not quiet.done() and pool.inflight == 5
+    release.set()
+    assert await asyncio.wait_for(quiet, 3.0) == (1, [])
+    await asyncio.gather(*(f for f in flood if f not in refused))
+    assert pool.inflight == 0 and pool._site_inflight == {}
+    # a configured share: one site may take the whole queue if the operator says so
+    assert MatcherPool(tmp_path / "g.db", queue_size=8, site_share=8).site_share == 8
+    assert MatcherPool(tmp_path / "g.db", queue_size=1).site_share == 1

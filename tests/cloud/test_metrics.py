@@ -61,3 +61,18 @@ def test_gauges_are_read_at_scrape_time_and_never_break_it() -> None:
     text = metrics.render()
     assert "blindgate_queue_depth 5" in text and 'blindgate_per_site{site="home"} 2' in text
     assert "blindgate_broken" not in text
+
+
+def test_counters_print_exact_integers_and_process_metrics_are_included() -> None:
+    """Before: `{value:g}` printed 1234568 as 1.23457e+06 (precision lost after ~14 h at 20 probes/s)."""
+    metrics = Metrics()
+    metrics.inc("blindgate_probes_received_total", 1234568)
+    metrics.inc("blindgate_probes_answered_total", 2**40 + 1, status="ok")
+    metrics.gauge("blindgate_gallery_templates", "Templates.", lambda: 7654321)
+    text = metrics.render()
+    assert "blindgate_probes_received_total 1234568\n" in text and "e+06" not in text.split("# HELP process")[0]
+    assert f'blindgate_probes_answered_total{{status="ok"}} {2**40 + 1}\n' in text
+    assert "blindgate_gallery_templates 7654321\n" in text
+    assert "process_cpu_seconds_total" in text and "process_resident_memory_bytes" in text
+    assert "python_info" in text
+    assert Metrics().render().count("# TYPE process_cpu_seconds_total") == 1  # each app its own registry

@@ -8,7 +8,7 @@ import pytest
 import pytest_asyncio
 
 from blindgate.cloud.app import create_app
-from blindgate.cloud.matcher import MatchError, MatchErrorKind
+from blindgate.cloud.match_errors import MatchError, MatchErrorKind
 from blindgate.cloud.resources import POOL, STORE
 from blindgate.shared.engine import decode_scan, encrypt_enrollment, encrypt_probe
 

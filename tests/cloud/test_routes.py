@@ -211,3 +211,65 @@ async def test_transparent_or_nan_scale_enrollment_is_400_and_nothing_is_stored(
     assert [s["subject"] for s in listing["subjects"]] == [first["subject"]]
     second = await enroll(client, site_keys, token, embeddings(1, seed=7)[0])  # the honest one still enrolls
     assert second["gallery_version"] == 2
+
+
+async def answer(resp) -> tuple[int, str]:
+    return resp.status, await resp.text()
+
+
+async def test_registration_tells_no_one_unauthorized_whether_a_site_exists(client, site_keys):
+    """An unauthenticated POST to an existing and to a new site: the same status and body."""
+    await register(client, site_keys)  # positive control: the provisioned registration works
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        for body in (site_keys.evaluation_bytes, b"", b"garbage"):
+            existing = await answer(await client.post("/v1/sites/home", data=body, headers=headers))
+            new = await answer(await client.post("/v1/sites/fresh", data=body, headers=headers))
+            assert existing == new and existing[0] == 401
+
+
+async def test_open_registration_tells_existence_only_to_a_valid_registration(aiohttp_client, tmp_path, site_keys):
+    """Open registration: an empty or invalid bundle is answered alike for existing and new sites."""
+    client = await aiohttp_client(create_app(cloud_config(tmp_path / "state", open_registration=True), mqtt=False))
+    first = await client.post("/v1/sites/home", data=site_keys.evaluation_bytes)
+    assert first.status == 201  # positive control
+    for body in (b"", b"garbage"):
+        existing = await answer(await client.post("/v1/sites/home", data=body))
+        new = await answer(await client.post("/v1/sites/fresh", data=body))
+        assert existing == new and existing[0] == 400
+
+
+async def test_every_site_route_answers_unknown_site_and_wrong_token_alike(client, site_keys):
+    await register(client, site_keys)
+    routes = [
+        ("GET", "/subjects"),
+        ("POST", "/subjects"),
+        ("DELETE", "/subjects/abc"),
+        ("GET", "/subjects/abc/sealed"),
+        ("GET", "/stats"),
+        ("PUT", "/doors/door1"),
+        ("POST", "/rekey"),
+        ("POST", "/rekey/subjects/abc"),
+        ("POST", "/rekey/commit"),
+        ("DELETE", "/rekey"),
+    ]
+    wrong = {"Authorization": "Bearer wrong-token"}
+    for method, tail in routes:
+        existing = await answer(await client.request(method, f"/v1/sites/home{tail}", data=b"x", headers=wrong))
+        unknown = await answer(await client.request(method, f"/v1/sites/nosuch{tail}", data=b"x", headers=wrong))
+        assert existing == unknown and existing[0] == 401, (method, tail)
+
+
+async def test_healthz_reveals_no_counts(client, site_keys):
+    await register(client, site_keys)
+    health = await (await client.get("/healthz")).json()
+    assert health["status"] == "ok"  # positive control: it still answers
+    assert set(health) == {"status", "uptime_s", "workers", "mqtt_connected"}
+
+
+@pytest.mark.parametrize("site", ["h%D0%BEme", "%EF%BD%88ome", "home%C2%B2", ".hidden", "..", "caf%C3%A9"])
+async def test_non_ascii_and_dot_leading_site_ids_are_refused(client, site_keys, site):
+    resp = await client.post(
+        f"/v1/sites/{site}", data=site_keys.evaluation_bytes, headers={"Authorization": f"Bearer {PROVISION}"}
+    )
+    assert resp.status in (400, 404) and "error" in await resp.json()
+    assert resp.status == 400 or site == ".."  # ".." is normalized away by the URL parser: no route

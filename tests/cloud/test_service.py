@@ -24,7 +24,7 @@ DOOR_KEY = new_signing_key()  # door1's request-signing key, registered with the
 
 
 def door1(broker) -> Device:
-    return Device(broker.host, broker.port, "home", "door1", door_key=DOOR_KEY)
+    return Device(broker.mqtt_config("door"), "home", "door1", door_key=DOOR_KEY)
 
 
 def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 30.0):
@@ -51,8 +51,10 @@ def counter(url: str, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.split("{")[0].split(" ")[0] == name)
 
 
-def register_and_enroll(url: str, site_keys, faces) -> tuple[dict, list[str]]:
+def register_and_enroll(service: CloudService, site_keys, faces) -> tuple[dict, list[str]]:
+    url = service.url
     door = {"X-Blindgate-Door": "door1", "X-Blindgate-Door-Key": public_key_to_text(DOOR_KEY.public_key())}
+    door["Authorization"] = f"Bearer {service.provision_token}"  # the token the cloud created at first start
     status, info = http("POST", f"{url}/v1/sites/home", site_keys.evaluation_bytes, door)
     assert status == 201, info
     subjects = []
@@ -93,7 +95,7 @@ def services(broker, tmp_path):
 
 def test_shared_subscription_two_processes(broker, services, site_keys):
     first, second = services(), services()
-    info, _ = register_and_enroll(first.url, site_keys, FACES[:2])
+    info, _ = register_and_enroll(first, site_keys, FACES[:2])
     cloud_key = public_key_from_text(info["cloud_public_key"])
     # both processes share the state dir, hence the key and the gallery
     assert http("GET", f"{second.url}/v1/cloud-key")[1]["cloud_public_key"] == info["cloud_public_key"]
@@ -122,7 +124,7 @@ def test_shared_subscription_two_processes(broker, services, site_keys):
 
 def test_restart_keeps_gallery_and_sigterm_is_clean(broker, services, site_keys):
     first = services()
-    info, subjects = register_and_enroll(first.url, site_keys, FACES)
+    info, subjects = register_and_enroll(first, site_keys, FACES)
     cloud_key = public_key_from_text(info["cloud_public_key"])
     device = door1(broker)
     try:
@@ -150,7 +152,7 @@ def test_restart_keeps_gallery_and_sigterm_is_clean(broker, services, site_keys)
 
 def test_kill_during_enrollment(broker, services, site_keys):
     first = services()
-    info, subjects = register_and_enroll(first.url, site_keys, FACES[:2])
+    info, subjects = register_and_enroll(first, site_keys, FACES[:2])
     cloud_key = public_key_from_text(info["cloud_public_key"])
     headers = enroll_headers(info["token"], site_keys.key_id)
     extra = embeddings(6, seed=22)

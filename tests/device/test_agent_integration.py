@@ -13,9 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from blindgate.device.agent import Agent
 from blindgate.device.build import build_agent, open_configured_camera
@@ -44,16 +42,18 @@ def cloud(mqtt_broker, tmp_path_factory):
         service.start()
     except LaunchError as exc:
         pytest.fail(str(exc))
-    yield service.url
+    yield service
     service.stop(20)
 
 
-def provision(tmp_path: Path, cloud: str, broker, faces: Path, site: str, people: dict[str, list[str]], camera: str) -> Path:
+def provision(
+    tmp_path: Path, cloud: CloudService, broker, faces: Path, site: str, people: dict[str, list[str]], camera: str
+) -> Path:
     """Write a device config, `init`, and `enroll` each person; returns the config path."""
     config = write_device_config(
-        tmp_path / f"{site}.toml", site=site, cloud_url=cloud, broker=broker, state_dir=tmp_path / site, camera=camera
+        tmp_path / f"{site}.toml", site=site, cloud_url=cloud.url, broker=broker, state_dir=tmp_path / site, camera=camera
     )
-    assert device_main(["--config", str(config), "init"]) == 0
+    assert device_main(["--config", str(config), *cloud.init_args()]) == 0  # the cloud's generated provision token
     for name, files in people.items():
         images = [str(faces / "people" / f) for f in files]
         assert device_main(["--config", str(config), "enroll", name, *images]) == 0
@@ -65,7 +65,7 @@ class Watcher:
 
     def __init__(self, broker, site: str) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client = broker.client()
         self.client.on_message = lambda c, u, m: self.messages.append((m.topic, bytes(m.payload), bool(m.retain)))
         self.client.connect(broker.host, broker.port)
         self.client.subscribe([(f"blindgate/{site}/door1/#", 1), ("homeassistant/#", 1)])

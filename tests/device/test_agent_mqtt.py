@@ -5,9 +5,7 @@ properties (MQTT v5). Reconnection and the Last Will are the link's (test_link.p
 import time
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from blindgate.device.agent import Agent
 from blindgate.device.decision import VerdictKind
@@ -16,7 +14,7 @@ from blindgate.device.integrity import TemplateCheck
 from blindgate.device.labels import LabelCipher
 from blindgate.device.lock import Lock
 from blindgate.device.sealing import TemplateSealer
-from blindgate.shared.config import DecisionConfig, DeviceConfig, MQTTConfig
+from blindgate.shared.config import DecisionConfig, DeviceConfig
 from blindgate.shared.engine import generate_site_keys
 from blindgate.shared.protocol import decode_probe_request, new_signing_key
 
@@ -40,7 +38,7 @@ def wait_for(predicate, timeout=10.0):
 class Watcher:
     def __init__(self, broker, topics):
         self.messages = []
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client = broker.client()
         self.client.on_message = lambda c, u, m: self.messages.append((m.topic, bytes(m.payload), bool(m.retain), m.properties))
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in topics])
         self.client.reconnect_delay_set(0.2, 1)
@@ -66,7 +64,7 @@ def agent(broker, keys, tmp_path):
     config = DeviceConfig(
         site="home",
         device_id="door1",
-        mqtt=MQTTConfig(host=broker.host, port=broker.port, keepalive=5),
+        mqtt=broker.mqtt_config("door", keepalive=5),
         decision=DecisionConfig(reply_timeout=1.0),
     )
     directory = SubjectDirectory(lambda: {"gallery_version": 0, "subjects": []}, LabelCipher.load(tmp_path, "home"))

@@ -33,3 +33,19 @@ def test_unwritable_log_warns_instead_of_raising(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="blindgate.device.audit"):
         audit.write(kind="event")
     assert "audit log write failed" in caplog.text
+
+
+def test_the_log_is_created_owner_only(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    AuditLog(path).write(kind="event", label="Alice")
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_an_existing_looser_log_is_tightened_when_opened(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    path.write_text("")
+    path.chmod(0o644)  # names readable by everyone, as before the fix
+    audit = AuditLog(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    audit.write(kind="event")
+    assert path.stat().st_mode & 0o777 == 0o600 and len(path.read_text().splitlines()) == 1

@@ -22,9 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -69,7 +67,7 @@ def world(brokers, tmp_path_factory, faces_dir):
         root / "door.toml", site=SITE, cloud_url=service.url, broker=main_broker, state_dir=root / "door", camera="none"
     )
     people = faces_dir / "people"
-    assert device_main(["--config", str(config), "init"]) == 0
+    assert device_main(["--config", str(config), *service.init_args()]) == 0
     assert device_main(["--config", str(config), "enroll", LIN, str(people / "lin_manuel_miranda/lin1.png")]) == 0
     assert device_main(["--config", str(config), "enroll", BIDEN, str(people / "biden/biden.jpg")]) == 0
     photos = {
@@ -204,7 +202,7 @@ class Impostor:
             occupied[int(s["slot"])] = True
         self.occupied = [occupied]
         self.answered = 0
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client = broker.client()
         self.client.on_message = self.on_probe
         self.client.connect(broker.host, broker.port)
         self.client.subscribe(probe_topic(SITE, "door1"), qos=1)

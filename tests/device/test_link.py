@@ -8,12 +8,10 @@ import threading
 import time
 from types import SimpleNamespace
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from blindgate.device.link import DeviceTopics, Incoming, LinkLost, MqttLink
-from blindgate.shared.config import DeviceConfig, MQTTConfig
+from blindgate.shared.config import DeviceConfig
 from blindgate.shared.errors import BlindgateError
 from blindgate.shared.protocol import decode_probe_request, new_probe_request, new_signing_key, verify_probe_request
 
@@ -97,6 +95,35 @@ def test_disconnect_wakes_a_waiting_reader(link):
     assert issubclass(LinkLost, BlindgateError) and issubclass(LinkLost, ConnectionError)
 
 
+def test_a_flood_on_the_reply_topic_is_bounded_and_reported_once_per_burst(link):
+    """300 junk 256 KB messages while idle: at most `reply_queue` kept, one report before the next probe."""
+    junk = b"\x00" * (256 * 1024)
+    for _ in range(300):
+        link.on_message(None, None, message(link.topics.reply, junk))
+    assert len(link.replies) == CONFIG.reply_queue == 16
+    reports = []
+    link.when_replies_dropped = reports.append
+    client = FakeClient()
+    link.connect(client, wait=None)
+    request = new_probe_request("home", "door1", "k1", b"ciphertext", ttl=1.0)
+    assert link.publish_probe(request, 1.0, new_signing_key()) == 0
+    assert reports == [300] and len(link.replies) == 0  # nothing queued before a request can answer it
+    assert link.publish_probe(request, 1.0, new_signing_key()) == 0
+    assert reports == [300]  # no new burst, no new report
+
+
+def test_reconnect_clears_a_stale_disconnect_marker(link):
+    """An outage while idle must not fail the first frame after the broker is back."""
+    client = FakeClient()
+    link.connect(client, wait=None)
+    link.on_connect(client, None, None, SimpleNamespace(is_failure=False), None)
+    link.on_disconnect(None, None, None, "gone", None)
+    link.on_connect(client, None, None, SimpleNamespace(is_failure=False), None)
+    assert link.next_reply(0.05) is None  # not LinkLost
+    link.on_message(None, None, message(link.topics.reply, b"answer"))
+    assert link.next_reply(0) == Incoming(b"answer", False)
+
+
 def test_next_reply_waits_no_longer_than_asked(link):
     start = time.monotonic()
     assert link.next_reply(0.1) is None
@@ -157,7 +184,7 @@ def test_close_says_last_words_then_offline(link):
 
 @pytest.mark.timeout(120)
 def test_reconnects_after_broker_restart_and_last_will(broker):
-    config = DeviceConfig(site="home", device_id="door1", mqtt=MQTTConfig(host=broker.host, port=broker.port, keepalive=5))
+    config = DeviceConfig(site="home", device_id="door1", mqtt=broker.mqtt_config("door", keepalive=5))
     link = MqttLink(config)
     connects, online, offline = [], threading.Event(), threading.Event()
     reconnected = threading.Event()
@@ -171,7 +198,7 @@ def test_reconnects_after_broker_restart_and_last_will(broker):
             reconnected.set()
 
     link.when_connected = on_connected
-    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    watcher = broker.client()
     watcher.on_message = on_availability
     watcher.on_connect = lambda c, u, f, rc, p: c.subscribe([("blindgate/home/door1/availability", 1)])
     try:

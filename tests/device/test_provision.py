@@ -92,7 +92,7 @@ def test_init_refuses_a_remote_http_cloud_before_any_traffic(tmp_path, monkeypat
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudService]:
     work = tmp_path_factory.mktemp("provision")
     broker = start_broker(work / "mosquitto")
-    service = CloudService(work / "cloud", broker, work / "cloud.log")
+    service = CloudService(work / "cloud", broker, work / "cloud.log", env={"BLINDGATE_PROVISION_TOKEN": PROVISION})
     try:
         yield service.start()
     finally:
@@ -152,6 +152,9 @@ class KeySwapProxy:
         self._thread.join(10)
 
 
+PROVISION = "provision-test-token"
+
+
 def _real_key(cloud: CloudService) -> str:
     return CloudClient(cloud.url, "home").cloud_key()
 
@@ -160,6 +163,7 @@ def _init(state: Path, url: str, site: str, monkeypatch, *extra: str) -> int:
     monkeypatch.setenv("BLINDGATE_STATE_DIR", str(state))
     monkeypatch.setenv("BLINDGATE_CLOUD_URL", url)
     monkeypatch.setenv("BLINDGATE_SITE", site)
+    monkeypatch.setenv("BLINDGATE_PROVISION_TOKEN", PROVISION)  # the token `cloud` is configured with
     return main(["init", *extra])
 
 
@@ -272,3 +276,17 @@ def test_rotation_end_to_end_over_http(cloud, tmp_path, monkeypatch, capsys):
     assert "retired" in capsys.readouterr().out
     link = state.load_cloud()
     assert (link.cloud_public_key, link.next_cloud_keys) == (new, [])
+
+
+def test_init_without_or_with_a_wrong_provision_token_says_where_the_token_is(cloud, tmp_path, monkeypatch, capsys):
+    """Registration is closed by default: init explains the file and the option; the right token then works."""
+    monkeypatch.setenv("BLINDGATE_STATE_DIR", str(tmp_path / "door"))
+    monkeypatch.setenv("BLINDGATE_CLOUD_URL", cloud.url)
+    monkeypatch.setenv("BLINDGATE_SITE", "token-site")
+    monkeypatch.delenv("BLINDGATE_PROVISION_TOKEN", raising=False)
+    assert main(["init"]) == 1
+    err = capsys.readouterr().err
+    assert "no provision token" in err and "provision-token" in err and "--provision-token" in err
+    assert main(["init", "--provision-token", "wrong"]) == 1
+    assert "wrong provision token" in capsys.readouterr().err
+    assert main(["init", "--provision-token", PROVISION]) == 0  # positive control

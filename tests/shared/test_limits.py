@@ -16,9 +16,11 @@ from blindgate.shared.limits import (
     MAX_BUNDLE_BYTES,
     MAX_ENROLLMENT_BYTES,
     MAX_HEADER_BYTES,
+    MAX_KEY_FILE_BYTES,
     MAX_LABEL_BYTES,
     MAX_PROBE_BYTES,
     max_block_bytes,
+    max_evaluation_bundle_bytes,
 )
 from blindgate.shared.protocol import (
     ProtocolError,
@@ -69,16 +71,20 @@ def test_header_limit_is_what_every_parser_enforces():
         EvaluationKeys.from_bytes(frame(key_file, {"pad": pad}, {}, kind=b"E"))
 
 
-@pytest.mark.parametrize("parse", [EvaluationKeys.from_bytes, SiteKeys.from_bytes])
-def test_bundle_limit_is_what_the_key_parsers_enforce(parse):
-    with pytest.raises(EngineError, match=f"{MAX_BUNDLE_BYTES + 1} bytes is more than the {MAX_BUNDLE_BYTES} allowed"):
-        parse(b"BGK1E" + b"\0" * (MAX_BUNDLE_BYTES - 4))
+@pytest.mark.parametrize(
+    "parse, limit", [(EvaluationKeys.from_bytes, MAX_BUNDLE_BYTES), (SiteKeys.from_bytes, MAX_KEY_FILE_BYTES)]
+)
+def test_bundle_limit_is_what_the_key_parsers_enforce(parse, limit):
+    with pytest.raises(EngineError, match=f"{limit + 1} bytes is more than the {limit} allowed"):
+        parse(b"BGK1E" + b"\0" * (limit - 4))
     with pytest.raises(EngineError, match="bad magic"):  # at the limit, the next check speaks
-        parse(b"XXXXE" + b"\0" * (MAX_BUNDLE_BYTES - 5))
+        parse(b"XXXXE" + b"\0" * (limit - 5))
 
 
 def test_an_honest_bundle_and_device_key_file_fit_the_bundle_limit(keys):
-    assert len(keys.to_bytes()) < MAX_BUNDLE_BYTES / 4  # ~6 MB for dlib's 128 values
+    assert len(keys.to_bytes()) < MAX_KEY_FILE_BYTES
+    bound = max_evaluation_bundle_bytes(keys.params.dim)  # computed from the parameters
+    assert 0.8 * bound < len(keys.evaluation_bytes) <= bound  # ~5.6 MB of a 6.5 MB bound for dlib's 128 values
 
 
 def test_block_limit_is_what_block_from_bytes_enforces(keys):

@@ -11,6 +11,7 @@ import struct
 
 import numpy as np
 import pytest
+import tenseal.sealapi as seal
 
 from blindgate.shared.engine import (
     EngineError,
@@ -22,7 +23,9 @@ from blindgate.shared.engine import (
     encrypt_probe,
     verify,
 )
+from blindgate.shared.engine.context import context_for, to_bytes
 from blindgate.shared.engine.keys import derive_key_id
+from blindgate.shared.limits import max_evaluation_bundle_bytes
 from tests.shared.engine.support import MAX_BUNDLE_BYTES, TOL, dlib_like
 
 
@@ -214,3 +217,70 @@ def test_garbage_is_refused_as_keys(keys):
     swapped = rebuilt_bundle(keys.evaluation_bytes, relin=sections["galois"], galois=sections["relin"])
     with pytest.raises(EngineError, match="SEAL could not load|not valid|missing"):
         EvaluationKeys.from_bytes(swapped)
+
+
+# --- strict bundles (issue 11): the key id covers only the keys, so nothing else may ride along ---
+
+
+def test_an_honest_bundle_is_accepted_and_already_canonical(keys):
+    parsed = EvaluationKeys.from_bytes(keys.evaluation_bytes)  # positive control
+    assert parsed.to_bytes() == keys.evaluation_bytes
+    assert len(keys.evaluation_bytes) <= max_evaluation_bundle_bytes(keys.params.dim)
+
+
+def test_a_non_canonical_header_is_re_serialized(keys):
+    kind, header, sections = split_key_file(keys.evaluation_bytes)
+    spaced = join_key_file(kind, header, sections)  # json.dumps' default ", " and ": " separators
+    assert spaced != keys.evaluation_bytes
+    assert EvaluationKeys.from_bytes(spaced).to_bytes() == keys.evaluation_bytes
+
+
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        (lambda k, h, s: join_key_file(k, h, dict(s, pad=b"\0" * 100_000)), "not exactly"),
+        (lambda k, h, s: join_key_file(k, h, {"galois": s["galois"], "relin": s["relin"]}), "not exactly"),
+        (lambda k, h, s: join_key_file(k, dict(h, pad="x" * 1000), s), "unknown header fields"),
+        (lambda k, h, s: join_key_file(k, dict(h, params=dict(h["params"], pad=1)), s), "canonical form"),
+        (lambda k, h, s: join_key_file(k, h, s) + b"\0" * 1000, "trailing bytes"),
+    ],
+    ids=["extra_section", "reordered_sections", "extra_header_field", "padded_params", "trailing_bytes"],
+)
+def test_padded_or_extended_bundle_is_refused(keys, tamper, message):
+    kind, header, sections = split_key_file(keys.evaluation_bytes)
+    with pytest.raises(EngineError, match=message):
+        EvaluationKeys.from_bytes(tamper(kind, header, sections))
+
+
+def test_duplicate_section_is_refused(keys):
+    kind, header, sections = split_key_file(keys.evaluation_bytes)
+    listing = [["relin", len(sections["relin"])], ["relin", len(sections["relin"])], ["galois", len(sections["galois"])]]
+    head = json.dumps(dict(header, sections=listing), sort_keys=True).encode()
+    data = b"BGK1" + kind + struct.pack("<I", len(head)) + head + sections["relin"] * 2 + sections["galois"]
+    with pytest.raises(EngineError, match="listed twice"):
+        EvaluationKeys.from_bytes(data)
+
+
+def test_bundle_with_more_galois_keys_than_needed_is_refused(keys):
+    """Valid extra keys under a correct key id: each one is ~700 KB the cloud would hold for nothing."""
+    params = keys.params
+    ctx = context_for(params)
+    keygen = seal.KeyGenerator(ctx.seal)
+    extra = [*params.galois_elements(), pow(3, 3, 2 * params.poly_degree)]
+    relin, galois = to_bytes(keygen.create_relin_keys()), to_bytes(keygen.create_galois_keys(extra))
+    bundle = join_key_file(
+        b"E", {"params": params.to_dict(), "key_id": derive_key_id(params, relin, galois)}, {"relin": relin, "galois": galois}
+    )
+    with pytest.raises(EngineError, match="Galois keys, expected exactly"):
+        EvaluationKeys.from_bytes(bundle)
+
+
+def test_bundle_over_its_dimension_bound_is_refused(keys):
+    """Padding inside the 10 MB route limit but past what a 128-value bundle can be."""
+    kind, header, sections = split_key_file(keys.evaluation_bytes)
+    room = max_evaluation_bundle_bytes(keys.params.dim) - len(keys.evaluation_bytes) + 1
+    padded = sections["galois"] + b"\0" * room
+    padded = padded[:8] + struct.pack("<Q", len(padded)) + padded[16:]  # SEAL's own size field agrees
+    header = dict(header, key_id=derive_key_id(keys.params, sections["relin"], padded))
+    with pytest.raises(EngineError, match="an evaluation bundle for 128 values can be"):
+        EvaluationKeys.from_bytes(join_key_file(kind, header, dict(sections, galois=padded)))

@@ -37,12 +37,31 @@ def test_parse_probe_topic_refuses(topic):
         parse_probe_topic(topic)
 
 
-@pytest.mark.parametrize("name", ["a", "home", "door-1_x.y", "x" * 64, "Ünïcode1"])
+@pytest.mark.parametrize("name", ["a", "home", "door-1_x.y", "x" * 64, "a.", "a..b", "0", "_x", "-x"])
 def test_check_name_accepts(name):
     assert check_name(name, "site") == name
 
 
 @pytest.mark.parametrize("name", ["", "x" * 65, "a/b", "a+b", "#", "a b", None, 7])
 def test_check_name_refuses(name):
-    with pytest.raises(ProtocolError, match="device must be 1-64 characters"):
+    with pytest.raises(ProtocolError, match="device must be 1-64 ASCII"):
         check_name(name, "device")
+
+
+# Look-alikes and path-like ids: a Cyrillic "о", fullwidth letters, a superscript digit, "." and "..".
+LOOKALIKES = ["h\u043eme", "\uff48\uff4f\uff4d\uff45", "home\u00b2", "\u00dcn\u00efcode1", ".", "..", ".hidden", "caf\u00e9"]
+
+
+@pytest.mark.parametrize("name", LOOKALIKES)
+def test_check_name_refuses_non_ascii_and_dot_leading_ids(name):
+    with pytest.raises(ProtocolError, match="ASCII"):
+        check_name(name, "site")
+
+
+@pytest.mark.parametrize("name", LOOKALIKES)
+def test_probe_topic_with_a_non_ascii_or_dot_leading_id_is_not_a_probe_topic(name):
+    with pytest.raises(ProtocolError, match="not a probe topic"):
+        parse_probe_topic(f"blindgate/{name}/door1/probe")
+    with pytest.raises(ProtocolError, match="not a probe topic"):
+        parse_probe_topic(f"blindgate/home/{name}/probe")
+    assert parse_probe_topic("blindgate/home/door1/probe") == ("home", "door1")  # positive control
