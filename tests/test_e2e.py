@@ -94,25 +94,38 @@ def stranger_frames(faces_dir) -> list[Frame]:
 
 
 class FeedCamera:
-    """A camera whose frames the test hands over; `read` blocks until one comes (None ends)."""
+    """A camera whose frames the test hands over; `read` blocks until one comes (None ends).
+
+    `wait_idle(n)` returns once the agent has taken `n` frames in all and come back for another:
+    the last one has been judged.
+    """
 
     def __init__(self) -> None:
         self.frames: queue.Queue = queue.Queue()
-        self.waiting = threading.Event()
-        self.index = 0
+        self.taken = 0
+        self._idle = False
+        self._changed = threading.Condition()
 
     def read(self):
-        self.waiting.set()
+        with self._changed:
+            self._idle = True
+            self._changed.notify_all()
         frame = self.frames.get()
-        self.waiting.clear()
+        with self._changed:
+            self._idle = False
+            self.taken += frame is not None
         return frame
+
+    def wait_idle(self, taken: int, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.taken >= taken and self._idle, timeout)
 
     def close(self) -> None:
         self.frames.put(None)
 
 
 class Door:
-    """The real agent (`build_agent`, mock pin) running in a thread; the pin is sampled."""
+    """The real agent (`build_agent`, mock pin) running in a thread; lock changes are recorded as they happen."""
 
     def __init__(self, config_path: Path) -> None:
         config = load_config(DeviceConfig, config_path, env={})
@@ -120,38 +133,33 @@ class Door:
         self.pin = self.lock.pin
         self.agent = build_agent(config, lock=self.lock)
         self.camera = FeedCamera()
-        self.samples: list[tuple[float, int]] = []
-        self._done = threading.Event()
-        self._sampler = threading.Thread(target=self._sample, daemon=True)
-        self._sampler.start()
+        self.changes: list[tuple[float, int]] = []  # (time, pin state) at every lock change
+        self._changed = threading.Condition()
+        self.agent.when_lock_changed = self._lock_changed
         self.agent.connect(wait=10)
         self._runner = threading.Thread(target=self.agent.run, args=(self.camera,), daemon=True)
         self._runner.start()
 
-    def _sample(self) -> None:
-        while not self._done.is_set():
-            self.samples.append((time.monotonic(), self.pin.state))
-            time.sleep(0.01)
+    def _lock_changed(self, state: str) -> None:
+        with self._changed:
+            self.changes.append((time.monotonic(), self.pin.state))
+            self._changed.notify_all()
 
     def show(self, frames, timeout: float = 60.0) -> None:
         """Hand the frames over and wait until the agent has judged the last one."""
+        target = self.camera.taken + len(frames)
         for frame in frames:
             self.camera.frames.put(frame)
-        time.sleep(0.05)
-        deadline = time.monotonic() + timeout
-        while not (self.camera.frames.empty() and self.camera.waiting.is_set()):
-            assert time.monotonic() < deadline, "agent did not take the frames in time"
-            time.sleep(0.02)
+        assert self.camera.wait_idle(target, timeout), "agent did not take the frames in time"
 
     def opened(self, since: float = 0.0, until: float = float("inf")) -> bool:
-        return any(state == 1 for t, state in list(self.samples) if since <= t <= until)
+        with self._changed:
+            return any(state == 1 for t, state in self.changes if since <= t <= until)
 
     def settle(self) -> None:
-        """Wait for the door to be locked again and the cooldown to pass."""
-        deadline = time.monotonic() + OPEN_S + 5
-        while self.pin.state != 0:
-            assert time.monotonic() < deadline, "door did not lock again"
-            time.sleep(0.02)
+        """Wait for the door to be locked again, then for the cooldown (a time rule) to pass."""
+        with self._changed:
+            assert self._changed.wait_for(lambda: self.pin.state == 0, OPEN_S + 5), "door did not lock again"
         time.sleep(COOLDOWN_S + 0.2)
 
     def count(self, name: str) -> int:
@@ -161,8 +169,6 @@ class Door:
         self.camera.close()
         self._runner.join(15)
         self.agent.close()
-        self._done.set()
-        self._sampler.join()
         assert self.pin.state == 0
 
 
