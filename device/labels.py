@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from blindgate.shared.errors import BlindgateError
 from blindgate.shared.limits import MAX_LABEL_BYTES  # the decoded size the cloud accepts
 
+from .keyfiles import create_aes_key, load_aes_key
+
 KEY_FILE = "label.key"
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -23,20 +25,6 @@ NONCE_BYTES = 12
 
 class LabelError(BlindgateError, ValueError):
     """A label that cannot be made or read (tampered, wrong site or key, too long)."""
-
-
-def write_private(path: Path, data: bytes, exclusive: bool = True) -> None:
-    """Create a file readable by its owner only (0600), refusing to overwrite when `exclusive`."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
-    fd = os.open(path, flags, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LabelCipher:
@@ -51,21 +39,11 @@ class LabelCipher:
     @staticmethod
     def create_key(state_dir: str | Path) -> Path:
         """Make a new label key file in `state_dir` (0600); refuses to replace an existing one."""
-        path = Path(state_dir) / KEY_FILE
-        try:
-            write_private(path, AESGCM.generate_key(bit_length=256))
-        except FileExistsError:
-            raise LabelError(f"{path} already exists: labels encrypted with it would become unreadable") from None
-        return path
+        return create_aes_key(Path(state_dir) / KEY_FILE, LabelError, "labels encrypted with it")
 
     @classmethod
     def load(cls, state_dir: str | Path, site: str) -> LabelCipher:
-        path = Path(state_dir) / KEY_FILE
-        try:
-            key = path.read_bytes()
-        except FileNotFoundError:
-            raise LabelError(f"label key {path} not found: run `blindgate-device init` first") from None
-        return cls(key, site)
+        return cls(load_aes_key(Path(state_dir) / KEY_FILE, LabelError, "label key"), site)
 
     def encrypt(self, name: str) -> bytes:
         if not isinstance(name, str) or not name.strip():

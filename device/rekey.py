@@ -31,7 +31,8 @@ from blindgate.shared.engine import SiteKeys, encrypt_enrollment, generate_site_
 from blindgate.shared.errors import BlindgateError
 
 from .cloud_client import CloudClient, CloudError
-from .labels import LabelCipher, write_private
+from .keyfiles import write_private
+from .labels import LabelCipher
 from .sealing import SealedTemplate, SealError, TemplateSealer
 from .state import CloudLink, DeviceState
 

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from blindgate.shared.errors import BlindgateError
 from blindgate.shared.limits import MAX_SEALED_BYTES
 
-from .labels import write_private
+from .keyfiles import create_aes_key, load_aes_key
 
 KEY_FILE = "template.key"
 MAGIC = b"BGT1"
@@ -70,21 +70,11 @@ class TemplateSealer:
     @staticmethod
     def create_key(state_dir: str | Path) -> Path:
         """A new template key in `state_dir` (0600); refuses to replace one (its blobs would not open)."""
-        path = Path(state_dir) / KEY_FILE
-        try:
-            write_private(path, AESGCM.generate_key(bit_length=256))
-        except FileExistsError:
-            raise SealError(f"{path} already exists: templates sealed with it would no longer open") from None
-        return path
+        return create_aes_key(Path(state_dir) / KEY_FILE, SealError, "templates sealed with it")
 
     @classmethod
     def load(cls, state_dir: str | Path, site: str) -> TemplateSealer:
-        path = Path(state_dir) / KEY_FILE
-        try:
-            key = path.read_bytes()
-        except FileNotFoundError:
-            raise SealError(f"template key {path} not found: run `blindgate-device init` first") from None
-        return cls(key, site)
+        return cls(load_aes_key(Path(state_dir) / KEY_FILE, SealError, "template key"), site)
 
     def _ad(self, subject: str, key_id: str, version: int) -> bytes:
         record = {"site": self.site, "subject": subject, "key_id": key_id, "version": version}

@@ -29,7 +29,7 @@ from blindgate.shared.protocol import (
 )
 from blindgate.shared.protocol.cloud_keys import KeyRing
 
-from .labels import write_private
+from .keyfiles import write_private
 
 KEYS_FILE = "site.keys"
 CLOUD_FILE = "cloud.json"
