@@ -14,20 +14,19 @@ the site's lock, so no enrollment or removal of this process interleaves with th
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import logging
 import time
 
 from aiohttp import web
 
-from blindgate.shared.limits import MAX_BUNDLE_BYTES, MAX_ENROLLMENT_BYTES, MAX_LABEL_BYTES, MAX_SEALED_BYTES
+from blindgate.shared.limits import MAX_ENROLLMENT_BYTES
 
+from . import subject_headers
 from .http_errors import json_error, match_error
 from .match_errors import MatchError
 from .resources import METRICS, POOL, SITE_LOCKS, STORE, in_thread, refresh_site
-from .routes import authorize_site, current_site, read_body, site_param
+from .routes import authorize_site, current_site, read_body, read_evaluation_bundle, site_param
 from .store import StoreConflict, UnknownSite, UnknownSubject
 
 log = logging.getLogger("blindgate.cloud.app")
@@ -55,19 +54,6 @@ def _expected_version(request: web.Request) -> int | None:
     return version
 
 
-def _b64_header(request: web.Request, name: str, limit: int, what: str) -> bytes:
-    value = request.headers.get(name)
-    if value is None:
-        raise json_error(400, f"missing {name} header (base64 of the {what})")
-    try:
-        data = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise json_error(400, f"{name} is not valid base64") from None
-    if len(data) > limit:
-        raise json_error(413, f"{what} is {len(data)} bytes; the limit is {limit}")
-    return data
-
-
 def _new_key_id(request: web.Request) -> str:
     key_id = request.headers.get("X-Blindgate-Key-Id")
     if not key_id:
@@ -81,13 +67,7 @@ async def stage_rekey(request: web.Request) -> web.Response:
     site = site_param(request)
     await authorize_site(request, site)
     expected = _expected_version(request)
-    bundle = await read_body(request, MAX_BUNDLE_BYTES, "evaluation bundle")
-    if not bundle:
-        raise json_error(400, "empty body: send the new evaluation bundle (application/octet-stream)")
-    try:
-        key_id, bundle = await app[POOL].parse_bundle(bundle)  # strict, and re-serialized: what is stored
-    except MatchError as exc:
-        raise match_error(exc) from None
+    key_id, bundle = await read_evaluation_bundle(request, "the new evaluation bundle")
     async with app[SITE_LOCKS][site]:
         try:
             version = await in_thread(functools.partial(app[STORE].rekey.stage, site, key_id, bundle, expected_version=expected))
@@ -106,8 +86,7 @@ async def stage_rekey_subject(request: web.Request) -> web.Response:
     subject = request.match_info["subject"]
     await authorize_site(request, site)
     key_id = _new_key_id(request)
-    label = _b64_header(request, "X-Blindgate-Label", MAX_LABEL_BYTES, "device-encrypted label")
-    sealed = _b64_header(request, "X-Blindgate-Sealed", MAX_SEALED_BYTES, "sealed template")
+    label, sealed = subject_headers.label(request), subject_headers.sealed_template(request, required=True)
     enrollment = await read_body(request, MAX_ENROLLMENT_BYTES, "enrollment ciphertext")
     if not enrollment:
         raise json_error(400, "empty body: send the enrollment ciphertext under the new keys")

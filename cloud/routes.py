@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import functools
 import logging
 import secrets
@@ -21,9 +20,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from blindgate.shared.limits import MAX_BUNDLE_BYTES, MAX_ENROLLMENT_BYTES, MAX_LABEL_BYTES
+from blindgate.shared.limits import MAX_BUNDLE_BYTES, MAX_ENROLLMENT_BYTES
 from blindgate.shared.protocol import ProtocolError, check_name, public_key_to_text
 
+from . import subject_headers
 from .door_keys import door_from_headers, save_door_key
 from .http_errors import json_error, match_error
 from .key_rotation import published
@@ -119,6 +119,17 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", metrics)
 
 
+async def read_evaluation_bundle(request: web.Request, what: str) -> tuple[str, bytes]:
+    """(key id, bundle) from the body: parsed strictly in a worker and re-serialized, which is what is stored."""
+    bundle = await read_body(request, MAX_BUNDLE_BYTES, "evaluation bundle")
+    if not bundle:
+        raise json_error(400, f"empty body: send {what} (application/octet-stream)")
+    try:
+        return await request.app[POOL].parse_bundle(bundle)
+    except MatchError as exc:
+        raise match_error(exc) from None
+
+
 async def register_site(request: web.Request) -> web.Response:
     """POST /v1/sites/{site}: register a site's evaluation bundle; answers its token and the cloud key (once)."""
     app = request.app
@@ -130,13 +141,7 @@ async def register_site(request: web.Request) -> web.Response:
     # Whether the site exists is told only to a request that could have registered it (authorized,
     # well-formed, valid bundle): anything less is answered the same for a new and an existing site.
     door = door_from_headers(request)  # the registering door's request key, if named (cloud/door_keys.py)
-    bundle = await read_body(request, MAX_BUNDLE_BYTES, "evaluation bundle")
-    if not bundle:
-        raise json_error(400, "empty body: send the site's evaluation bundle (application/octet-stream)")
-    try:
-        key_id, bundle = await app[POOL].parse_bundle(bundle)  # strict, and re-serialized: what is stored
-    except MatchError as exc:
-        raise match_error(exc) from None
+    key_id, bundle = await read_evaluation_bundle(request, "the site's evaluation bundle")
     if await lookup_site(app, site) is not None:
         raise json_error(409, f"site {site!r} is already registered; its keys are never replaced")
     token = secrets.token_hex(32)  # site tokens go on command lines and in headers: hex only
@@ -169,16 +174,7 @@ async def enroll_subject(request: web.Request) -> web.Response:
         raise json_error(400, "missing X-Blindgate-Key-Id header (the site's key id)")
     if key_id != record.key_id:
         raise json_error(409, f"key id {key_id!r} is not site {site!r}'s registered key id {record.key_id!r}")
-    label_b64 = request.headers.get("X-Blindgate-Label")
-    if label_b64 is None:
-        raise json_error(400, "missing X-Blindgate-Label header (base64 of the device-encrypted label)")
-    try:
-        label = base64.b64decode(label_b64, validate=True)
-    except (binascii.Error, ValueError):
-        raise json_error(400, "X-Blindgate-Label is not valid base64") from None
-    if len(label) > MAX_LABEL_BYTES:
-        raise json_error(413, f"label is {len(label)} bytes; the limit is {MAX_LABEL_BYTES}")
-    chosen, sealed = requested_subject(request), sealed_template(request)
+    label, chosen, sealed = subject_headers.label(request), requested_subject(request), sealed_template(request)
     if chosen is not None and await in_thread(app[STORE].subject, site, chosen) is not None:
         raise json_error(409, f"subject id {chosen!r} is already taken at site {site!r}: choose another")
     enrollment = await read_body(request, MAX_ENROLLMENT_BYTES, "enrollment ciphertext")

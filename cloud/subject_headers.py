@@ -1,4 +1,4 @@
-"""The enrollment headers that carry the device's own subject id and its sealed template.
+"""The enrollment headers: the device's own subject id, its encrypted name and its sealed template.
 
 The device chooses the subject id (random 128-bit hex) so it can bind its sealed template to it
 (device/sealing.py); the cloud checks the id's form and the blob's size and stores both as given.
@@ -14,12 +14,13 @@ import re
 
 from aiohttp import web
 
-from blindgate.shared.limits import MAX_SEALED_BYTES
+from blindgate.shared.limits import MAX_LABEL_BYTES, MAX_SEALED_BYTES
 
 from .http_errors import json_error
 
 SUBJECT_HEADER = "X-Blindgate-Subject"
 SEALED_HEADER = "X-Blindgate-Sealed"
+LABEL_HEADER = "X-Blindgate-Label"
 SUBJECT_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -33,20 +34,35 @@ def requested_subject(request: web.Request) -> str | None:
     return subject
 
 
-def sealed_template(request: web.Request) -> bytes:
-    """The decoded sealed template (empty if absent); 400 if not base64, 413 if over MAX_SEALED_BYTES."""
-    text = request.headers.get(SEALED_HEADER)
+def base64_header(request: web.Request, name: str, limit: int, what: str, *, required: bool = True) -> bytes:
+    """A base64 header, decoded: 400 if missing (when `required`) or not base64, 413 if over `limit` bytes.
+
+    The encoded length is checked first, so an oversized header is refused before it is decoded.
+    """
+    text = request.headers.get(name)
     if text is None:
+        if required:
+            raise json_error(400, f"missing {name} header (base64 of the {what})")
         return b""
-    if len(text) > 4 * (MAX_SEALED_BYTES // 3 + 1):
-        raise json_error(413, f"sealed template is more than the {MAX_SEALED_BYTES} bytes allowed")
+    if len(text) > 4 * (limit // 3 + 1):
+        raise json_error(413, f"{what} is more than the {limit} bytes allowed")
     try:
-        sealed = base64.b64decode(text, validate=True)
+        data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise json_error(400, f"{SEALED_HEADER} is not valid base64") from None
-    if len(sealed) > MAX_SEALED_BYTES:
-        raise json_error(413, f"sealed template is {len(sealed)} bytes; the limit is {MAX_SEALED_BYTES}")
-    return sealed
+        raise json_error(400, f"{name} is not valid base64") from None
+    if len(data) > limit:
+        raise json_error(413, f"{what} is {len(data)} bytes; the limit is {limit}")
+    return data
 
 
-__all__ = ["SEALED_HEADER", "SUBJECT_HEADER", "requested_subject", "sealed_template"]
+def label(request: web.Request) -> bytes:
+    """The device-encrypted name (required)."""
+    return base64_header(request, LABEL_HEADER, MAX_LABEL_BYTES, "device-encrypted label")
+
+
+def sealed_template(request: web.Request, *, required: bool = False) -> bytes:
+    """The decoded sealed template (empty if absent and not required)."""
+    return base64_header(request, SEALED_HEADER, MAX_SEALED_BYTES, "sealed template", required=required)
+
+
+__all__ = ["LABEL_HEADER", "SEALED_HEADER", "SUBJECT_HEADER", "base64_header", "label", "requested_subject", "sealed_template"]
