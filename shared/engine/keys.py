@@ -95,7 +95,7 @@ class EvaluationKeys:
         if kind == _KIND_SECRET or "secret" in sections:
             raise EngineError(
                 f"{what}: this holds a SECRET key — it is the device's key file, never send it to the cloud; "
-                "send the evaluation bundle (blindgate-device keys export) instead"
+                "send only its evaluation half (`SiteKeys.evaluation_bytes`, what `blindgate-device init` registers)"
             )
         if kind != _KIND_EVALUATION:
             raise EngineError(f"{what}: unknown key file kind {kind!r}")
