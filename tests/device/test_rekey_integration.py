@@ -22,32 +22,13 @@ from blindgate.device.decision import VerdictKind
 from blindgate.device.lock import Lock
 from blindgate.device.state import DeviceState
 from blindgate.shared.config import DeviceConfig, load_config
-from blindgate.shared.launch import CloudService, LaunchError, write_device_config
-from tests.broker import start_broker
-from tests.device.test_agent_integration import provision
+from blindgate.shared.launch import write_device_config
+
+from .conftest import provision
 
 pytestmark = pytest.mark.timeout(300)
 
 PEOPLE = {"Lin-Manuel Miranda": ["lin_manuel_miranda/lin1.png"], "Joe Biden": ["biden/biden.jpg", "biden/biden2.jpg"]}
-
-
-@pytest.fixture(scope="module")
-def mqtt_broker(tmp_path_factory):
-    running = start_broker(tmp_path_factory.mktemp("mosquitto"))
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def cloud(mqtt_broker, tmp_path_factory):
-    state = tmp_path_factory.mktemp("cloud")
-    service = CloudService(state / "state", mqtt_broker, state / "cloud.log")
-    try:
-        service.start()
-    except LaunchError as exc:
-        pytest.fail(str(exc))
-    yield service  # provision() needs its url and its generated provision token
-    service.stop(20)
 
 
 def run_door(config_path: Path) -> tuple[Agent, list[tuple[VerdictKind, str]], list[int]]:
