@@ -69,12 +69,11 @@ def main() -> int:
     from blindgate.shared.engine import Block, encrypt_block, encrypt_probe, generate_site_keys, scan_blocks
     from blindgate.shared.protocol import (
         BlockResult,
-        Reply,
-        ReplyStatus,
         decode_probe_request,
         encode_probe_request,
         new_probe_request,
         new_signing_key,
+        ok_reply,
         seal_reply,
         verify_probe_request,
     )
@@ -122,19 +121,7 @@ def main() -> int:
     def cloud_answer(payload: bytes) -> bytes:
         req = verify_probe_request(decode_probe_request(payload), door_key.public_key())
         (ct,) = scan_blocks(evaluation, [block], req.probe)
-        reply = Reply(
-            ReplyStatus.OK,
-            req.site,
-            req.device,
-            req.request_id,
-            req.nonce,
-            1,
-            time.time() + 10,
-            (BlockResult.of(0, block.occupied, ct),),
-            probe_sha256=req.probe_sha256,
-            mode=str(req.mode),
-            subject=req.subject,
-        )
+        reply = ok_reply(req, 1, (BlockResult.of(0, block.occupied, ct),))
         return seal_reply(reply, signer)
 
     broker = client = None

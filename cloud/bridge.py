@@ -28,7 +28,6 @@ import os
 import secrets
 import socket
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -49,6 +48,7 @@ from blindgate.shared.protocol import (
     ReplyStatus,
     decode_probe_request,
     error_reply,
+    ok_reply,
     parse_probe_topic,
     probe_subscription,
     reply_topic,
@@ -255,19 +255,7 @@ class MQTTBridge:
                     version, results = await self.pool.verify(req.site, req.key_id, req.probe, req.subject, record.version)
                 else:
                     version, results = await self.pool.identify(req.site, req.key_id, req.probe, record.version)
-                reply = Reply(
-                    status=ReplyStatus.OK,
-                    site=req.site,
-                    device=req.device,
-                    request_id=req.request_id,
-                    nonce=req.nonce,
-                    gallery_version=version,
-                    expires_at=time.time() + self.reply_ttl,
-                    results=tuple(results),
-                    probe_sha256=req.probe_sha256,  # of the bytes actually scanned
-                    mode=str(req.mode),
-                    subject=req.subject,
-                )
+                reply = ok_reply(req, version, results, self.reply_ttl)  # bound to the bytes actually scanned
         except MatchError as exc:
             if exc.kind == MatchErrorKind.BUSY:
                 self.metrics.inc("blindgate_probes_busy_total")

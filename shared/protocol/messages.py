@@ -281,6 +281,23 @@ def seal_reply(reply: Reply, signing_key: Ed25519PrivateKey) -> bytes:
     return body + signing_key.sign(body)
 
 
+def ok_reply(req: ProbeRequest, gallery_version: int, results: Iterable[BlockResult], ttl: float = 10.0) -> Reply:
+    """The answer to `req` with its results, bound to the probe bytes that were scanned (hash, mode, subject)."""
+    return Reply(
+        status=ReplyStatus.OK,
+        site=req.site,
+        device=req.device,
+        request_id=req.request_id,
+        nonce=req.nonce,
+        gallery_version=gallery_version,
+        expires_at=time.time() + ttl,
+        results=tuple(results),
+        probe_sha256=req.probe_sha256,
+        mode=str(req.mode),
+        subject=req.subject,
+    )
+
+
 def error_reply(req_or_fields: ProbeRequest | Mapping[str, Any], status: str, message: str, ttl: float = 10.0) -> Reply:
     """A reply that carries no result: busy, or an error the device logs (door stays locked)."""
     if isinstance(req_or_fields, Mapping):

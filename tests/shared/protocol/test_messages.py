@@ -20,6 +20,7 @@ from blindgate.shared.protocol.messages import (
     encode_probe_request,
     error_reply,
     new_probe_request,
+    ok_reply,
     open_reply,
     probe_digest,
     results_digest,
@@ -310,3 +311,10 @@ def test_probe_request_framing_refusals():
     ]:
         with pytest.raises(ProtocolError, match=message):
             decode_probe_request(data)
+
+
+def test_ok_reply_is_bound_to_the_request_it_answers():
+    req = new_probe_request("home", "door1", "k" * 32, b"probe bytes", ttl=5.0, mode=Mode.VERIFY, subject="s" * 32)
+    reply = ok_reply(req, 3, ())
+    assert (reply.status, reply.request_id, reply.nonce, reply.gallery_version) == (ReplyStatus.OK, req.request_id, req.nonce, 3)
+    assert (reply.probe_sha256, reply.mode, reply.subject) == (req.probe_sha256, "verify", req.subject)
