@@ -89,7 +89,7 @@ def main() -> int:
         distance = float(np.linalg.norm(templates[0] - live))
 
         def sealed_check() -> None:  # a fresh cache each time: the first match of a subject
-            assert TemplateCheck(lambda s: blob, sealer, keys.key_id, DecisionConfig()).confirm(1, "s0", distance, live).ok
+            assert TemplateCheck(lambda s: blob, sealer, keys.key_id, DecisionConfig()).confirm(1, "s0", distance, live, 0.6).ok
 
         summary = {
             "benchmark": "trust_checks",

@@ -4,9 +4,11 @@ Per frame: the `Analyzer` finds a good face (poor frames are skipped), `encrypt_
 its embedding, the `MqttLink` sends it as an MQTT v5 request and the reply is awaited up to
 `decision.reply_timeout`. A reply counts only if `open_reply` verifies the cloud's Ed25519
 signature and `PendingRequests.accept` finds it answers this device's current, unexpired request
-(so duplicates and replays are refused). The device decrypts the distances itself
-(`decode_scan`), `access_verdict` turns the best one into a verdict kind, the `SubjectDirectory`
-names the subject, and the `DecisionEngine` alone decides when the `DoorLock` opens.
+(so duplicates and replays are refused). The `ReplyJudge` (device/judge.py) decrypts the
+distances, applies the operating point's threshold for the templates decoded, names the subject
+and confirms it against the sealed template; the `DecisionEngine` alone decides when the
+`DoorLock` opens. With a claimed identity (device/claim_gate.py) the probe is a 1:1 verification
+of that subject instead.
 
 Fail secure: a timeout, a broker disconnect, a bad signature, a stale, duplicated or foreign
 reply, garbage, a busy/error status, an unknown slot or a borderline distance all keep the door
@@ -25,19 +27,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from blindgate.shared.config import DeviceConfig
-from blindgate.shared.engine import EngineError, SiteKeys, decode_scan, encrypt_probe
+from blindgate.shared.engine import SiteKeys, encrypt_probe
 from blindgate.shared.protocol import (
+    Mode,
     ProbeRequest,
     ProtocolError,
-    Reply,
-    ReplyStatus,
     new_probe_request,
     new_signing_key,
     open_reply,
@@ -46,14 +47,18 @@ from blindgate.shared.protocol.cloud_keys import ReplyVerifier
 
 from .audit import AuditLog, now_iso
 from .camera import CameraSource
-from .decision import Decision, DecisionEngine, DoorEvent, VerdictKind, access_verdict
-from .directory import DirectoryError, SubjectDirectory
+from .claim_gate import ClaimGate
+from .claims import ClaimRejection
+from .decision import Decision, DecisionEngine, DoorEvent, VerdictKind
+from .directory import SubjectDirectory
 from .discovery import LOCKED, UNLOCKED, publish_discovery
 from .faces import Analyzer, Rejection
 from .integrity import TemplateCheck
+from .judge import ReplyJudge, Verdict
 from .link import LinkLost, MqttLink
 from .lock import DoorLock
 from .notify import Notifier
+from .operating_point import OperatingPoint, check_decision_config
 from .requests import PendingRequests
 
 log = logging.getLogger("blindgate.device.agent")
@@ -61,19 +66,6 @@ log = logging.getLogger("blindgate.device.agent")
 # Without a frame for this long the agent is not healthy (the systemd watchdog stops pinging).
 FRAME_STALL_S = 10.0
 TIMED_STAGES = ("detect_ms", "embed_ms", "encrypt_ms", "round_trip_ms", "decrypt_ms")
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What one frame's reply means, and how long each step took (ms)."""
-
-    kind: VerdictKind
-    reason: str = ""
-    subject: str | None = None
-    label: str | None = None
-    request_id: str | None = None
-    gallery_version: int | None = None
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 class Agent:
@@ -92,7 +84,9 @@ class Agent:
         clock: Callable[[], float] = time.monotonic,
         link: MqttLink | None = None,
         door_key: Ed25519PrivateKey | Callable[[], Ed25519PrivateKey] | None = None,
+        claims: ClaimGate | None = None,
     ) -> None:
+        check_decision_config(config.decision)  # a bad mode or target is an error at start, not at the door
         self.config = config
         self.site, self.device = config.site, config.device_id
         self.keys = keys
@@ -113,12 +107,22 @@ class Agent:
         self.link.when_ha_online = self.publish_discovery
         self.link.when_retained_ignored = lambda topic: self._count("retained_ignored")
         self.link.when_replies_dropped = self._replies_dropped
+        # claimed identity (1:1, device/claim_gate.py); without a gate no claim source is known: all refused
+        d = config.decision
+        self.claims = claims or ClaimGate(d.mode, d.claim_ttl, None, lambda kind, value: None, self.audit, clock=clock)
+        self.claims.when_rejected = self._claim_rejected
+        self.claims.when_failed = self._claim_failed
+        self.link.when_claim = self.claims.submit
         self.timings: deque[dict[str, float]] = deque(maxlen=2000)
         self.counters: dict[str, int] = {}
         self.last_frame_at: float | None = None
         self.when_decided: Callable[[Verdict, Decision], None] | None = None
         self.when_lock_changed: Callable[[str], None] | None = None
         self.when_reply_rejected: Callable[[str], None] | None = None  # the reason (device/metrics.py kinds it)
+        self.when_operating_point: Callable[[OperatingPoint], None] | None = None  # the identify threshold changed
+        self.judge = ReplyJudge(keys, directory, integrity, config.decision)
+        self.judge.when_alarm = self._integrity_alarm
+        self.judge.when_operating_point = self._operating_point_changed
         self._shown_lock: str | None = None
         self._state = threading.RLock()
         self._stop = threading.Event()
@@ -144,41 +148,40 @@ class Agent:
             request = self.pending.accept(reply, now=now)
         except ProtocolError as exc:
             return Verdict(VerdictKind.REJECTED, str(exc), request_id=reply.request_id)
-        verdict = self._judge(reply, request, embedding)
+        verdict = self.judge.judge(reply, request, embedding)
         return replace(verdict, timings=dict(verdict.timings, decrypt_ms=(time.perf_counter() - t0) * 1000))
 
-    def _judge(self, reply: Reply, request: ProbeRequest, embedding: np.ndarray) -> Verdict:
-        rid, version = request.request_id, reply.gallery_version
-        if reply.status != ReplyStatus.OK:
-            return Verdict(VerdictKind.DOUBT, f"cloud answered {reply.status}: {reply.message[:200]}", request_id=rid)
-        slots = self.keys.params.slots
-        blocks = [r.block for r in reply.results]
-        if len(set(blocks)) != len(blocks) or any(b < 0 for b in blocks):
-            return Verdict(VerdictKind.DOUBT, "reply lists a block twice", request_id=rid)
-        try:
-            occupancy = [r.occupancy(slots) for r in reply.results]
-            match = decode_scan(self.keys, embedding, [r.ciphertext for r in reply.results], occupancy)
-        except (EngineError, ProtocolError, ValueError) as exc:
-            return Verdict(VerdictKind.DOUBT, f"cannot decode the result: {exc}", request_id=rid)
-        kind = access_verdict(match.distance, self.config.decision)
-        if match.best is None:
-            return Verdict(VerdictKind.UNKNOWN, "no enrolled subject", request_id=rid, gallery_version=version)
-        if kind is VerdictKind.UNKNOWN:
-            return Verdict(kind, "unknown face", request_id=rid, gallery_version=version)
-        if kind is VerdictKind.DOUBT:
-            return Verdict(kind, "borderline face", request_id=rid, gallery_version=version)
-        block = reply.results[match.best.block].block
-        try:
-            subject, _directory_label = self.directory.lookup(version, block, match.best.slot)
-        except DirectoryError as exc:
-            return Verdict(VerdictKind.DOUBT, str(exc), request_id=rid, gallery_version=version)
-        # The cloud's claim, recomputed from what only the site can seal; its label is authenticated.
-        check = self.integrity.confirm(version, subject, match.distance, embedding)
-        if not check.ok:
-            if check.alarm:
-                self._integrity_alarm(check.reason, rid)
-            return Verdict(VerdictKind.DOUBT, check.reason, request_id=rid, gallery_version=version)
-        return Verdict(kind, "match", subject=subject, label=check.label, request_id=rid, gallery_version=version)
+    def _claim_rejected(self, kind: ClaimRejection) -> None:
+        """An unauthenticated, stale, replayed or retained claim: counted (audited by the gate), never a failed attempt."""
+        self._count("claims_rejected")
+        self._count(f"claims_rejected_{kind}")
+
+    def _claim_failed(self, reason: str) -> None:
+        """An authenticated claim that matched nobody or expired unopened: a failed attempt toward the lockout."""
+        self._count("claims_failed")
+        with self._state:
+            decision = self.decision.observe_failed_claim(reason)
+        if decision.event:
+            self.publish_event(decision.event, None)
+            self.audit.write(kind="event", event=decision.event, reason=decision.reason)
+
+    @property
+    def current_point(self) -> OperatingPoint | None:
+        """The identify operating point of the latest decoded reply (status topic, Home Assistant)."""
+        return self.judge.current_point
+
+    def _operating_point_changed(self, point: OperatingPoint) -> None:
+        log.info(
+            "operating point: threshold %.4f for %d templates, expected false open %.2g per frame, true open %.2f",
+            point.threshold,
+            point.enrolled,
+            point.expected_false_open,
+            point.expected_true_open,
+            extra={"operating_point": point.as_dict()},
+        )
+        self.publish_status()
+        if self.when_operating_point is not None:
+            self.when_operating_point(point)
 
     def _replies_dropped(self, count: int) -> None:
         """One audit line per burst of reply-topic messages the bounded queue dropped (a flood is not judged)."""
@@ -255,6 +258,7 @@ class Agent:
 
     def tick(self) -> None:
         """Relock when the hold-open time is over (and whenever the lock is open without reason)."""
+        self.claims.expire()  # a claim that ran out unopened is a failed attempt
         with self._state:
             if self.decision.tick():
                 self._safe_lock()
@@ -278,7 +282,20 @@ class Agent:
         ciphertext = encrypt_probe(self.keys, embedding)
         t1 = time.perf_counter()
         ttl = float(self.config.decision.reply_timeout)
-        request = new_probe_request(self.site, self.device, self.keys.key_id, ciphertext, ttl=ttl, topic=self.link.topics.probe)
+        subject = self.claims.subject()  # an active claim: verify 1:1 against that subject only
+        if subject is None and self.config.decision.mode == "verify":
+            return Verdict(VerdictKind.DOUBT, "verify mode: no active claim")  # never a 1:N probe
+        mode = Mode.VERIFY if subject is not None else Mode.IDENTIFY
+        request = new_probe_request(
+            self.site,
+            self.device,
+            self.keys.key_id,
+            ciphertext,
+            ttl=ttl,
+            mode=mode,
+            subject=subject,
+            topic=self.link.topics.probe,
+        )
         self.pending.expire()
         self.pending.add(request)
         if not self.link.is_connected:
@@ -301,6 +318,10 @@ class Agent:
         if self.analyzer is None:
             raise RuntimeError("this agent has no face analyzer")
         self.last_frame_at = time.monotonic()
+        self.claims.poll()  # resolve waiting claims (scrypt, so on this thread) before the frame
+        if not self.claims.wants_probe():
+            self._count("skipped_no_claim")  # verify mode: nothing is probed without a claim
+            return None
         result = self.analyzer.analyze(rgb)
         if isinstance(result, Rejection):
             self._count(f"skipped_{result.kind}")
@@ -312,6 +333,8 @@ class Agent:
         stages["total_ms"] = sum(stages.get(k, 0.0) for k in TIMED_STAGES)
         self.timings.append(stages)
         decision = self.apply(replace(verdict, timings=stages))
+        if decision.unlock:
+            self.claims.consume()  # a claim opens the door once
         log.info(
             "frame: %s (%s) -> %s",
             verdict.kind,
@@ -330,6 +353,7 @@ class Agent:
     def _announce(self) -> None:
         self.publish_lock_state()
         self.publish_discovery()
+        self.publish_status()
 
     def publish_lock_state(self) -> None:
         """Publish the lock state (retained) and tell `when_lock_changed` when it changed."""
@@ -339,6 +363,22 @@ class Agent:
             self._shown_lock = state
             if self.when_lock_changed is not None:
                 self.when_lock_changed(state)
+
+    def publish_status(self) -> None:
+        """Publish the operating point in force (retained), once the first reply has told how many templates there are."""
+        point = self.current_point
+        if point is None:
+            return
+        body = {
+            "enrolled": point.enrolled,
+            "threshold": round(point.threshold, 4),
+            "expected_false_open": float(f"{point.expected_false_open:.3g}"),
+            "expected_true_open": round(point.expected_true_open, 3),
+            "mode": self.config.decision.mode,
+            "source": point.source,
+            "max_false_open": self.config.decision.max_false_open,
+        }
+        self.link.publish(self.link.topics.status, json.dumps(body), retain=True)
 
     def publish_event(self, event: DoorEvent, label: str | None) -> None:
         body = {"event": DoorEvent(event), "label": label, "ts": now_iso()}

@@ -14,12 +14,14 @@ from blindgate.shared.config import DeviceConfig
 from .agent import Agent
 from .audit import AuditLog
 from .camera import FrameStream, open_camera
+from .claim_gate import door_claim_gate
 from .cloud_client import CloudClient
 from .directory import SubjectDirectory
 from .door_key import DoorKeyFile
 from .faces import Analyzer, DetectorModel, FaceAnalyzer, FaceConfig
 from .integrity import TemplateCheck
 from .labels import LabelCipher
+from .link import DeviceTopics
 from .lock import DoorLock, Lock
 from .provision import TrustedCloudKeys, tls_context
 from .sealing import TemplateSealer
@@ -39,6 +41,9 @@ def build_agent(config: DeviceConfig, lock: DoorLock | None = None, analyzer: An
     client = CloudClient(config.cloud_url, config.site, token=cloud.token, timeout=5.0, tls=tls_context(config.cloud_ca_file))
     sealer = TemplateSealer.load(state.dir, config.site)
     integrity = TemplateCheck(client.sealed, sealer, keys.key_id, config.decision, SiteState(state.dir, config.site))
+    audit = AuditLog(state.audit_path)
+    d = config.decision
+    claims = door_claim_gate(d.mode, d.claim_ttl, state.dir, DeviceTopics.of(config).claim, audit)
     return Agent(
         config,
         keys,
@@ -47,8 +52,9 @@ def build_agent(config: DeviceConfig, lock: DoorLock | None = None, analyzer: An
         lock if lock is not None else Lock(config.lock.pin, config.lock.active_high, config.lock.pin_factory),
         integrity,
         analyzer if analyzer is not None else FaceAnalyzer(face_config(config)),
-        AuditLog(state.audit_path),
+        audit,
         door_key=DoorKeyFile(state).current,
+        claims=claims,
     )
 
 

@@ -1,7 +1,7 @@
 """`blindgate-device`: provision, enroll and run a door device.
 
     blindgate-device [--config device.toml] init [--provision-token T]
-    blindgate-device enroll NAME IMAGE...          # or: enroll NAME --camera [--frames N]
+    blindgate-device enroll NAME IMAGE...          # or: enroll NAME --camera [--frames N]; [--face N] [--add-to SUBJECT]
     blindgate-device list
     blindgate-device remove SUBJECT                # subject id, or a name enrolled once
     blindgate-device status
@@ -9,14 +9,21 @@
     blindgate-device rotate-door-key               # new request-signing key for this door; nobody re-enrolls
     blindgate-device rekey                         # new CKKS keys; templates re-encrypted from their sealed copies
     blindgate-device run
+    blindgate-device threshold --enrolled N [--mode identify|verify]   # the operating point, as JSON
+    blindgate-device calibrate IMAGES --out FILE   # refit the calibration (offline tooling)
+    blindgate-device evaluate ...                  # LFW reports (offline tooling)
+    blindgate-device credentials SUBJECT --badge ID --pin -   # claimed-identity mode: device/claim_cli.py
+    blindgate-device claim-source add|list|remove NAME
+    blindgate-device claim --source NAME --key-file F (--badge ID | --pin -)
 
 Configuration: --config TOML, then BLINDGATE_* environment variables (blindgate.shared.config).
 
 Enrollment from several images or frames: every image must show one good face (size and
-sharpness checks of FaceAnalyzer); the embeddings must agree (each within the match threshold
-of their mean, else the images are refused as not one person) and their MEAN is enrolled as
-one template. Averaging several views gives a template closer to the person's typical face
-than any single photo, and it costs one gallery slot.
+sharpness checks of FaceAnalyzer; `--face` picks one in a photo with several); every pair of
+embeddings must agree, the face must not be enrolled already (device/enrollment.py), and their
+MEAN is enrolled as one template. Averaging several views gives a template closer to the
+person's typical face than any single photo, and it costs one gallery slot.
+`enroll NAME IMAGE... --add-to SUBJECT` adds photos to an enrolled person's template.
 """
 
 from __future__ import annotations
@@ -31,21 +38,23 @@ import secrets
 import signal
 import sys
 
-import numpy as np
-
-from blindgate.shared.config import ConfigError, DecisionConfig, DeviceConfig, config_option, load_config
-from blindgate.shared.engine import EngineError, encrypt_enrollment, generate_site_keys
+from blindgate.shared.config import ConfigError, DeviceConfig, config_option, load_config
+from blindgate.shared.engine import EngineError, generate_site_keys
 from blindgate.shared.errors import BlindgateError
 from blindgate.shared.logs import setup_logging
 from blindgate.shared.protocol import ProtocolError
 
 from .build import build_agent, face_config, open_configured_camera
+from .claim_cli import add_claim_commands, add_claim_options, read_secret
 from .cloud_client import CloudClient, CloudError
+from .credentials import CredentialStore, drop_credentials, set_credentials
 from .door_key import ensure_door_key, public_text, rotate_door_key
 from .endpoint import EndpointError, start_endpoint
+from .enrollment import Site, enroll, faces_from_frames, faces_from_photos, parse_face_choice
 from .faces import FaceAnalyzer, load_image
 from .labels import LabelCipher, LabelError
 from .notify import Notifier
+from .operating_point import CalibrationError, Enrollment, check_decision_config, operating_point
 from .provision import check_cloud_url, confirm_cloud_key, fingerprint, refresh_cloud_key, tls_context
 from .rekey import RekeyError, rekey
 from .sealing import KEY_FILE as TEMPLATE_KEY_FILE
@@ -134,77 +143,36 @@ def _analyzer(config: DeviceConfig) -> FaceAnalyzer:
     return FaceAnalyzer(face_config(config))
 
 
-def collect_embeddings(analyzer, images) -> list[np.ndarray]:
-    """Embeddings of good faces; `images` yields (name, rgb). Poor ones are reported and skipped."""
-    found = []
-    for name, rgb in images:
-        result = analyzer.analyze(rgb)
-        if hasattr(result, "embedding"):
-            found.append(result.embedding)
-        else:
-            print(f"skipped {name}: {result.reason}", file=sys.stderr)
-    return found
-
-
-def template_from(embeddings: list[np.ndarray], threshold: float = DecisionConfig.threshold) -> np.ndarray:
-    """The mean embedding, after checking every input is within `threshold` (the access rule's, from config) of it."""
-    if not embeddings:
-        raise UsageError("no usable face: need a sharp, frontal face of at least the minimum size")
-    stack = np.stack(embeddings)
-    mean = stack.mean(axis=0)
-    spread = np.linalg.norm(stack - mean, axis=1)
-    if float(spread.max()) > threshold:
-        raise UsageError("the images do not look like one person: enroll them separately")
-    return mean
+def _enrollment_site(config: DeviceConfig, state: DeviceState) -> Site:
+    check_decision_config(config.decision)
+    return Site(
+        keys=state.load_keys(),
+        sealer=TemplateSealer.load(state.dir, config.site),
+        labels=LabelCipher.load(state.dir, config.site),
+        client=_client(config, state),
+        site_state=SiteState(state.dir, config.site),
+        decision=config.decision,
+    )
 
 
 def cmd_enroll(config: DeviceConfig, args) -> int:
+    """Checks and enrollment live in device/enrollment.py; here only the arguments and the camera."""
     state = DeviceState(config.state_dir)
-    keys = state.load_keys()
-    labels = LabelCipher.load(state.dir, config.site)
+    site = _enrollment_site(config, state)  # unprovisioned: fail before the camera or photos are read
     analyzer = _analyzer(config)
     if args.camera:
-
-        def frames():
-            with open_configured_camera(config) as camera:
-                wanted, seen = args.frames, 0
-                for frame in camera:
-                    seen += 1
-                    result = analyzer.analyze(frame.rgb)
-                    if hasattr(result, "embedding"):
-                        yield result.embedding
-                        wanted -= 1
-                        if wanted == 0:
-                            return
-                    if seen >= args.frames * 20:
-                        return
-
-        embeddings = list(frames())
-        if len(embeddings) < args.frames:
-            raise UsageError(f"only {len(embeddings)} of {args.frames} good frames: look at the camera, better light")
+        with open_configured_camera(config) as camera:
+            faces = faces_from_frames(analyzer, (frame.rgb for frame in camera), args.frames)
     else:
         if not args.images:
             raise UsageError("give one or more IMAGE files, or --camera")
-        embeddings = collect_embeddings(analyzer, ((p, load_image(p)) for p in args.images))
-    template = template_from(embeddings, config.decision.threshold)
-    enrollment = encrypt_enrollment(keys, template)
-    subject = new_subject_id()  # chosen here, so the sealed template is bound to it
-    sealed = TemplateSealer.load(state.dir, config.site).seal(subject, keys.key_id, template, args.name)
-    answer = _client(config, state).enroll(enrollment, labels.encrypt(args.name), keys.key_id, subject=subject, sealed=sealed)
-    if answer.get("subject") != subject:
-        raise UsageError(f"the cloud enrolled subject {answer.get('subject')!r}, not {subject!r}: its template cannot be checked")
-    print(
-        json.dumps(
-            {
-                "subject": answer.get("subject"),
-                "name": args.name,
-                "faces": len(embeddings),
-                "block": answer.get("block"),
-                "slot": answer.get("slot"),
-                "gallery_version": answer.get("gallery_version"),
-            }
-        )
-    )
+        faces = faces_from_photos(analyzer, ((p, load_image(p)) for p in args.images), parse_face_choice(args.face))
+    pin, credentials = read_secret(args.pin), CredentialStore(state.dir)  # claimed-identity mode (device/claim_cli.py)
+    if args.add_to is None:
+        credentials.check_available(None, badge=args.badge, pin=pin)  # refused before anything is enrolled
+    result = enroll(site, args.name, faces, add_to=args.add_to, carry_over=credentials.move)
+    set_credentials(state.dir, result["subject"], args.badge, pin)
+    print(json.dumps(result))
     return 0
 
 
@@ -240,6 +208,9 @@ def cmd_list(config: DeviceConfig, args) -> int:
     print(f"gallery version {version}, {len(rows)} subject(s)")
     for r in rows:
         print(f"  {r['subject']}  {r['name'] if r['name'] is not None else '<unreadable label>'}  created {r['created']}")
+    names = [r["name"] for r in rows if r["name"] is not None]
+    for name in sorted({n for n in names if names.count(n) > 1}):  # e.g. an `enroll --add-to` cut short
+        print(f"  note: {names.count(name)} subjects are named {name!r}: remove the older one (`blindgate-device remove ID`)")
     return 0
 
 
@@ -256,6 +227,7 @@ def cmd_remove(config: DeviceConfig, args) -> int:
         raise UsageError(f"no subject {args.subject!r} (see `blindgate-device list`)")
     # Denied on the device FIRST (site_state.json): a failing or lying cloud cannot bring them back in.
     denied = SiteState(state.dir, config.site).deny([ids[0]])
+    drop_credentials(state.dir, ids[0])  # their badge and PIN claim nobody any more
     print(f"denied {ids[0]} at this site (site state version {denied.version})")
     answer = _client(config, state).remove(ids[0])
     print(f"removed {ids[0]}; gallery version {answer.get('gallery_version')}")
@@ -285,11 +257,24 @@ def cmd_status(config: DeviceConfig, args) -> int:
             out["cloud"] = _client(config, state).stats()
         except CloudError as exc:
             out["cloud_error"] = str(exc)
+        else:  # the door itself counts the templates in each reply it decodes; this is the listing's count
+            point = operating_point(config.decision, int(out["cloud"].get("subjects", 0)))
+            out["operating_point"] = point.as_dict() | {"max_false_open": config.decision.max_false_open}
     except StateError as exc:
         out["registered"] = False
         out["problem"] = str(exc)
     print(json.dumps(out, indent=2))
     return 0 if out.get("registered") and "cloud_error" not in out else 1
+
+
+def cmd_threshold(config: DeviceConfig, args) -> int:
+    """The operating point for a gallery of `--enrolled` templates, as JSON (needs no state or cloud)."""
+    if args.enrolled < 0:
+        raise UsageError("--enrolled must be 0 or more")
+    check_decision_config(config.decision)
+    point = operating_point(config.decision, args.enrolled, args.mode, Enrollment(args.enrollment))
+    print(json.dumps(point.as_dict()))
+    return 0
 
 
 # -- run ---------------------------------------------------------------------------------------
@@ -343,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="*")
     p.add_argument("--camera", action="store_true", help="use frames from the configured camera")
     p.add_argument("--frames", type=int, default=5, help="good camera frames to average (default 5)")
+    p.add_argument("--face", help="in photos with several faces, the one to enroll: N (1 = leftmost) or 'largest'")
+    p.add_argument("--add-to", metavar="SUBJECT", help="add the photos to this enrolled subject (id or unique name)")
+    add_claim_options(p)
     p = sub.add_parser("list", parents=[common], help="list enrolled subjects (names decrypted here)")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("remove", parents=[common], help="remove a subject by id (or by a unique name)")
@@ -353,17 +341,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("rekey", parents=[common], help="renew the site's CKKS keys; nobody needs to enroll again")
     p = sub.add_parser("run", parents=[common], help="run the door agent")
     p.add_argument("--max-frames", type=int, default=None, help=argparse.SUPPRESS)
+    p = sub.add_parser("threshold", parents=[common], help="the threshold max_false_open gives, and its expected rates")
+    p.add_argument("--enrolled", type=int, required=True, help="templates compared against (people enrolled)")
+    p.add_argument("--mode", choices=("identify", "verify"), default="identify")
+    p.add_argument("--enrollment", choices=[e.value for e in Enrollment], default=Enrollment.MEAN.value)
+    sub.add_parser(
+        "calibrate",
+        parents=[common],
+        add_help=False,
+        help="fit the operating-point calibration on an LFW-format folder (see calibrate --help)",
+    )
     sub.add_parser(
         "evaluate",
         parents=[common],
         add_help=False,
         help="accuracy and cost of encrypted matching on LFW pairs (see evaluate --help)",
     )
+    COMMANDS.update(add_claim_commands(sub, common))
     return parser
 
 
 COMMANDS = {"init": cmd_init, "enroll": cmd_enroll, "list": cmd_list, "remove": cmd_remove, "status": cmd_status, "run": cmd_run}
 COMMANDS["rekey"] = cmd_rekey
+COMMANDS["threshold"] = cmd_threshold
 COMMANDS["refresh-cloud-key"] = cmd_refresh_cloud_key
 COMMANDS["rotate-door-key"] = cmd_rotate_door_key
 
@@ -374,6 +374,10 @@ def main(argv: list[str] | None = None) -> int:
         from blindgate.device.evaluate import main as evaluate
 
         return evaluate(argv[1:])
+    if argv[:1] == ["calibrate"]:
+        from blindgate.device.evaluation.calibrate import main as calibrate
+
+        return calibrate(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         config = load_config(DeviceConfig, getattr(args, "config", None))
@@ -393,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         FileNotFoundError,
         ValueError,
         EndpointError,
+        CalibrationError,
     ) as exc:
         print(f"blindgate-device {args.command}: {exc}", file=sys.stderr)
         return 1

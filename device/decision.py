@@ -1,8 +1,9 @@
 """The access rule and the door's decision rules: pure logic, no I/O, a clock passed in.
 
 `access_verdict` is the ONE place where a decrypted distance becomes a verdict kind (match,
-unknown, doubt); the threshold and the doubt margin come from `DecisionConfig` and nowhere else.
-The agent, the evaluation and the demo all call it.
+unknown, doubt); the threshold comes from the operating point (device/operating_point.py: the
+target `max_false_open` and the templates compared, or an explicit `threshold`) and the doubt
+margin from `DecisionConfig`. The agent, the integrity check, the evaluation and the demo call it.
 
 Every frame the agent gets a verdict about it (`observe_match`, `observe_unknown`,
 `observe_doubt`) and calls `tick()` regularly; the `DecisionEngine` says when to unlock, when to
@@ -65,19 +66,16 @@ class DoorEvent(StrEnum):
     CLOUD_INTEGRITY = "cloud_integrity"
 
 
-DEFAULT_DECISION = DecisionConfig()
-
-
-def access_verdict(distance: float, config: DecisionConfig = DEFAULT_DECISION) -> VerdictKind:
+def access_verdict(distance: float, threshold: float, doubt_margin: float) -> VerdictKind:
     """The access rule: the best decrypted distance -> MATCH, UNKNOWN or DOUBT.
 
-    MATCH at or under `config.threshold`; DOUBT within `config.doubt_margin` above it (the same
-    person in poor light: stay locked, but it is no failed attempt); UNKNOWN beyond, and for
-    inf/NaN, which mean nobody is enrolled.
+    MATCH at or under `threshold` (the operating point in force: device/operating_point.py);
+    DOUBT within `doubt_margin` above it (the same person in poor light: stay locked, but it is
+    no failed attempt); UNKNOWN beyond, and for inf/NaN, which mean nobody is enrolled.
     """
-    if not math.isfinite(distance) or distance > config.threshold + config.doubt_margin:
+    if not math.isfinite(distance) or distance > threshold + doubt_margin:
         return VerdictKind.UNKNOWN
-    if distance > config.threshold:
+    if distance > threshold:
         return VerdictKind.DOUBT
     return VerdictKind.MATCH
 
@@ -178,6 +176,24 @@ class DecisionEngine:
             self._lockout_until = now + self.lockout_s
             reason += f": locked out for {self.lockout_s:g} s"
         return Decision(event=DoorEvent.UNKNOWN, reason=reason)
+
+    def observe_failed_claim(self, reason: str = "failed claim") -> Decision:
+        """An authenticated claim that matched nobody or expired unopened: one failed attempt, each time.
+
+        Unlike a stranger's face (one attempt per cooldown), every wrong badge or PIN counts: each
+        is a deliberate try. Unauthenticated claims never get here (a broker attacker must not be
+        able to lock the residents out).
+        """
+        now = self.clock()
+        self._reset_run()
+        if self.locked_out(now):
+            return Decision(reason=f"{reason}; already locked out")
+        self._failures = [t for t in self._failures if now - t <= FAILURE_MEMORY_S] + [now]
+        message = f"{reason}: failed attempt {len(self._failures)}/{self.config.lockout_failures}"
+        if len(self._failures) >= self.config.lockout_failures:
+            self._lockout_until = now + self.lockout_s
+            message += f": locked out for {self.lockout_s:g} s"
+        return Decision(event=DoorEvent.UNKNOWN, reason=message)
 
     def observe_doubt(self, reason: str = "doubt") -> Decision:
         """A timeout, error, unauthenticated or stale reply, or a borderline score: stay locked."""

@@ -1,4 +1,5 @@
-"""Home Assistant MQTT discovery for one door: a state-only lock and a face event entity.
+"""Home Assistant MQTT discovery for one door: a state-only lock, a face event entity, and
+diagnostic sensors for the operating point in force (how likely a stranger's frame is matched).
 
 `discovery_configs` is pure (topics in, retained config payloads out), so what Home Assistant
 is told can be checked without a broker; `publish_discovery` sends them over the link, on every
@@ -17,8 +18,17 @@ SW_VERSION = "0.1.0"
 LOCKED, UNLOCKED = "LOCKED", "UNLOCKED"
 
 
+# The door's status topic (its operating point) as Home Assistant sensors: key -> (name, unit).
+STATUS_SENSORS = {
+    "expected_false_open": ("Stranger match chance per frame", None),
+    "expected_true_open": ("Resident match chance per frame", None),
+    "threshold": ("Match threshold", None),
+    "enrolled": ("Templates compared", None),
+}
+
+
 def discovery_configs(topics: DeviceTopics) -> dict[str, dict[str, Any]]:
-    """Discovery topic -> config payload: one device with a lock and an event entity."""
+    """Discovery topic -> config payload: one device with a lock, an event entity and status sensors."""
     device = {
         "identifiers": [f"blindgate_{topics.object_id}"],
         "name": f"blindgate {topics.site} {topics.device}",
@@ -53,10 +63,23 @@ def discovery_configs(topics: DeviceTopics) -> dict[str, dict[str, Any]]:
         "device": device,
         **availability,
     }
-    return {
+    configs: dict[str, dict[str, Any]] = {
         f"{topics.ha_prefix}/lock/{topics.object_id}/config": lock,
         f"{topics.ha_prefix}/event/{topics.object_id}/config": event,
     }
+    for key, (name, unit) in STATUS_SENSORS.items():
+        configs[f"{topics.ha_prefix}/sensor/{topics.object_id}/{key}/config"] = {
+            "name": name,
+            "unique_id": f"blindgate_{topics.object_id}_{key}",
+            "state_topic": topics.status,
+            "value_template": f"{{{{ value_json.{key} }}}}",
+            "entity_category": "diagnostic",
+            "state_class": "measurement",
+            **({"unit_of_measurement": unit} if unit else {}),
+            "device": device,
+            **availability,
+        }
+    return configs
 
 
 def publish_discovery(link: MqttLink) -> None:
@@ -65,4 +88,4 @@ def publish_discovery(link: MqttLink) -> None:
         link.publish(topic, json.dumps(config), retain=True)
 
 
-__all__ = ["LOCKED", "SW_VERSION", "UNLOCKED", "discovery_configs", "publish_discovery"]
+__all__ = ["LOCKED", "STATUS_SENSORS", "SW_VERSION", "UNLOCKED", "discovery_configs", "publish_discovery"]

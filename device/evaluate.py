@@ -6,6 +6,8 @@ step, Table 2 sizes) with this project's engine:
 
     python -m blindgate.device.evaluate IMAGES PAIRS --out DIR [--cache FILE] [--limit N]
     python -m blindgate.device.evaluate ../shared/lfw-devtest/images ../shared/lfw-devtest/pairsDevTest.txt --out /tmp/lfw-eval
+    python -m blindgate.device.evaluate --open-set IMAGES --out DIR   # open-set identification, no pairs
+                                                                      # (device/evaluation/open_set_run.py)
 
 IMAGES is an LFW-format folder (`<IMAGES>/<Name>/<Name>_<NNNN>.jpg`); PAIRS an official pairs file:
 a header line, then `name n1 n2` (same person) and `name1 n1 name2 n2` (different people) lines,
@@ -52,11 +54,11 @@ from pathlib import Path
 import numpy as np
 
 from blindgate.device.evaluation.common import (
-    ACCESS_RULE,
     CACHE_NAME,
     MAX_ERROR_TARGET,
     TARGET_FAR,
     InputError,
+    access_threshold,
     door_accepts,
 )
 from blindgate.device.evaluation.embedding import (
@@ -93,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blindgate-device evaluate",
         description="Accuracy and cost of encrypted matching on LFW-format pairs (plots, report.md, summary.json).",
+        epilog="evaluate --open-set IMAGES --out DIR: open-set identification (FPIR/FNIR, DET); see evaluate --open-set --help.",
     )
     parser.add_argument("images", type=Path, help="LFW-format folder: <images>/<Name>/<Name>_<NNNN>.jpg")
     parser.add_argument("pairs", type=Path, help="pairs file: header `N` (dev files) or `10 300` (pairs.txt)")
@@ -115,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--open-set" in argv:  # a different evaluation with its own options: every image, no pairs file
+        from blindgate.device.evaluation.open_set_run import main as open_set
+
+        return open_set([a for a in argv if a != "--open-set"])
     args = build_parser().parse_args(argv)
     progress = not args.quiet
     try:
@@ -239,7 +247,7 @@ def _evaluate(args, progress: bool, argv) -> int:
             "different": int((~same).sum()),
             "images": len(paths),
         },
-        "threshold": ACCESS_RULE.threshold,
+        "threshold": access_threshold(),
         "accuracy_at_threshold": acc,
         "errors_at_threshold": {
             "false_rejects": int(np.sum(same & ~decisions["plaintext"])),
@@ -263,7 +271,7 @@ def _evaluate(args, progress: bool, argv) -> int:
         "roc_auc": auc,
         "decision_differences": diff,
         "distance_error": err,
-        "threshold_margin": float(np.min(np.abs(plain - ACCESS_RULE.threshold))),
+        "threshold_margin": float(np.min(np.abs(plain - access_threshold()))),
         "gallery": {"templates": run.gallery_size, "blocks": run.blocks},
         "timing_ms_median": times,
         "timing_samples": {k: len(v) for k, v in run.times_ms.items()},
@@ -296,7 +304,7 @@ def _evaluate(args, progress: bool, argv) -> int:
     (out / "report.md").write_text(render_report(summary))
     if progress:
         print(
-            f"accuracy at {ACCESS_RULE.threshold}: plaintext {percent(acc['plaintext'])}, encrypted 1:1 "
+            f"accuracy at {access_threshold()}: plaintext {percent(acc['plaintext'])}, encrypted 1:1 "
             f"{percent(acc['encrypted_1to1'])}, "
             f"1:N {percent(acc['encrypted_1toN'])}; decisions differing 1:1 {diff['1to1']}, 1:N {diff['1toN']}; "
             f"max error {max(err['1to1']['max_abs'], err['1toN']['max_abs']):.1e}; "

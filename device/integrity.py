@@ -99,8 +99,10 @@ class TemplateCheck:
             self._cache[key] = opened
         return opened
 
-    def confirm(self, gallery_version: int, subject: str, decrypted: float, embedding: np.ndarray) -> CheckResult:
-        """Does the plaintext recomputation confirm the cloud's claimed match of `subject`?"""
+    def confirm(
+        self, gallery_version: int, subject: str, decrypted: float, embedding: np.ndarray, threshold: float
+    ) -> CheckResult:
+        """Does the plaintext recomputation confirm the cloud's claimed match of `subject` at `threshold`?"""
         if self.site_state is not None and self.site_state.is_denied(subject):
             return CheckResult(False, f"subject {subject} was removed at this site (deny list)")
         try:
@@ -115,7 +117,7 @@ class TemplateCheck:
             return CheckResult(False, f"sealed template of {subject} does not fit the embedding: {exc}")
         if not agree(distance, decrypted):
             return CheckResult(False, f"cloud's distance disagrees with the sealed template of {subject}")
-        if access_verdict(distance, self.config) is not VerdictKind.MATCH:
+        if access_verdict(distance, threshold, self.config.doubt_margin) is not VerdictKind.MATCH:
             # Agreeing within the encryption error but just over the threshold: borderline, no lie.
             return CheckResult(False, "borderline face (plaintext check)", alarm=False)
         return CheckResult(True, "confirmed", sealed.label, alarm=False)

@@ -76,8 +76,18 @@ class DeviceTopics:
         return self.leaf("availability")
 
     @property
+    def status(self) -> str:
+        """Retained JSON: the operating point in force (threshold, expected rates, templates compared)."""
+        return self.leaf("status")
+
+    @property
     def probe(self) -> str:
         return probe_topic(self.site, self.device, self.prefix)
+
+    @property
+    def claim(self) -> str:
+        """Sealed identity claims from registered sources (device/claims.py); the broker is not trusted with them."""
+        return self.leaf("claim")
 
     @property
     def ha_status(self) -> str:
@@ -104,6 +114,7 @@ class MqttLink:
         self.when_ha_online: Callable[[], None] | None = None
         self.when_retained_ignored: Callable[[str], None] | None = None
         self.when_replies_dropped: Callable[[int], None] | None = None
+        self.when_claim: Callable[[bytes, bool], None] | None = None  # (payload, retained), on the network thread
         self._connected = threading.Event()
         self._closing = threading.Event()
         self.replies: ReplyQueue[Incoming] = ReplyQueue(config.reply_queue)  # bounded, drop-oldest
@@ -138,7 +149,7 @@ class MqttLink:
         if reason_code.is_failure:
             log.error("broker refused the connection: %s", reason_code)
             return
-        client.subscribe([(self.topics.reply, 1), (self.topics.ha_status, 1)])
+        client.subscribe([(self.topics.reply, 1), (self.topics.ha_status, 1), (self.topics.claim, 1)])
         self.replies.clear_lost()  # a past outage must not fail the first frame after this reconnect
         self._connected.set()
         client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
@@ -156,6 +167,10 @@ class MqttLink:
 
     def on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         """paho callback: queue replies, re-announce on Home Assistant's birth; never act on retained messages."""
+        if msg.topic == self.topics.claim:  # the claim gate audits retained claims itself, then drops them
+            if self.when_claim is not None:
+                self.when_claim(bytes(msg.payload), bool(msg.retain))
+            return
         if msg.retain:
             log.warning("ignoring a retained message on %s", msg.topic)
             if self.when_retained_ignored is not None:

@@ -167,7 +167,9 @@ def rekey(state: DeviceState, client: CloudClient, site: str, say: Callable[[str
         for n, subject in enumerate(subjects, 1):
             sealed = opened[subject]
             enrollment = encrypt_enrollment(new_keys, sealed.template)
-            resealed = sealer.seal(subject, new_keys.key_id, sealed.template, sealed.label, version=sealed.version)
+            resealed = sealer.seal(
+                subject, new_keys.key_id, sealed.template, sealed.label, version=sealed.version, photos=sealed.photos
+            )
             client.stage_rekey_subject(subject, new_keys.key_id, enrollment, labels.encrypt(sealed.label), resealed)
             say(f"  [{n}/{len(subjects)}] {subject}  {sealed.label}: re-encrypted")
     except CloudError as exc:  # nothing is switched before the commit

@@ -6,6 +6,8 @@
 - `site_state.json` the site's versioned state: the deny list of removed subjects (blindgate.device.site_state);
 - `cloud.json`  what registration returned: site token, key id, the cloud's Ed25519 public key;
 - `door.key`    this door's Ed25519 request-signing key (PEM); its public half is registered with the cloud;
+- `claim_sources.json` the claim sources (keypad, badge reader, HA) and their AES keys (blindgate.device.claim_sources);
+- `credentials.json` badge ids and PINs as salted scrypt hashes, per subject (blindgate.device.credentials);
 - `audit.jsonl` the local event history (no images, no scores).
 """
 

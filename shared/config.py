@@ -89,16 +89,28 @@ class FaceSettings:
 
 @dataclass
 class DecisionConfig:
-    """When the door opens. `threshold` and `doubt_margin` are the access rule's only constants.
+    """When the door opens.
 
-    threshold: the largest Euclidean distance between dlib embeddings that counts as the same
-    person (0.6, as face_recognition uses). doubt_margin: distances up to `threshold +
-    doubt_margin` are neither a match nor a confident non-match; they keep the door locked
-    without counting as a failed attempt (the same person in poor light).
+    The access rule's threshold is set by a target, not a fixed distance: `max_false_open` is the
+    chance that ONE frame of a person who is not enrolled lies within the threshold of some
+    enrolled template (its nearest one), before the multi-frame rule. The door derives the
+    largest threshold that keeps that chance under the target from the calibration shipped in
+    the package (device/operating_point.py) and the number of templates it actually compared
+    against, so the threshold tightens as the gallery grows. An explicit `threshold` (Euclidean
+    distance between dlib embeddings) wins over the target; its expected rates are still reported.
+
+    doubt_margin: distances up to `threshold + doubt_margin` are neither a match nor a confident
+    non-match; they keep the door locked without counting as a failed attempt (the same person in
+    poor light). It is a fixed distance above whatever threshold is in force.
+
+    mode: "identify" (1:N against the site's gallery, the default), "verify" (only a claimed
+    identity is checked, 1:1: a badge, PIN or phone claim must come first) or "either".
     """
 
-    threshold: float = 0.6  # Euclidean distance, as face_recognition uses
+    threshold: float | None = None  # None: derived from max_false_open (see above)
+    max_false_open: float = 0.001  # per-frame chance that a non-enrolled face is matched to someone
     doubt_margin: float = 0.05  # just above the threshold: doubtful, not unknown
+    mode: str = "identify"  # identify | verify | either
     frames_required: int = 2  # agreeing frames before the door opens
     window_s: float = 3.0  # the agreeing frames must fall within this window
     reply_timeout: float = 3.0
@@ -106,6 +118,7 @@ class DecisionConfig:
     cooldown_s: float = 3.0
     lockout_failures: int = 5
     lockout_s: float = 30.0
+    claim_ttl: float = 10.0  # seconds a badge/PIN claim stays valid (verify/either modes; device/claim_gate.py)
 
 
 @dataclass
@@ -178,6 +191,14 @@ def _coerce(value: Any, kind: Any, key: str, from_env: bool = False) -> Any:
     raise ConfigError(f"config {key}: unsupported type {kind!r}")
 
 
+def _required(kind: Any) -> Any:
+    """`X` for an optional `X | None` field: absent means None, a given value must be an X."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if len(args) == 1 and type(None) in typing.get_args(kind):
+        return args[0]
+    return kind
+
+
 def _build(cls: type[C], data: Mapping[str, Any], env: Mapping[str, str], path: str) -> C:
     hints = typing.get_type_hints(cls)
     values = {}
@@ -196,9 +217,9 @@ def _build(cls: type[C], data: Mapping[str, Any], env: Mapping[str, str], path: 
                 raise ConfigError(f"config {key}: expected a [{key}] table")
             values[f.name] = _build(kind, section, env, key)
         elif env_name in env:
-            values[f.name] = _coerce(env[env_name], kind, f"{key} (from ${env_name})", from_env=True)
+            values[f.name] = _coerce(env[env_name], _required(kind), f"{key} (from ${env_name})", from_env=True)
         elif f.name in data:
-            values[f.name] = _coerce(data[f.name], kind, key)
+            values[f.name] = _coerce(data[f.name], _required(kind), key)
     return cls(**values)
 
 
@@ -233,6 +254,8 @@ def to_toml(config: Any) -> str:
             value = getattr(obj, f.name)
             if dataclasses.is_dataclass(value):
                 walk(value, f"{prefix}.{f.name}" if prefix else f.name)
+            elif value is None:  # an optional key left unset: TOML has no null
+                lines.append(f"# {f.name} = (unset)")
             else:
                 lines.append(f"{f.name} = {fmt(value)}")
         if prefix:

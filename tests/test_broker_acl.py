@@ -246,3 +246,20 @@ def test_home_assistant_cannot_act_as_a_door(conns):
     assert a.subscribe("homeassistant/status")
     assert ha.publish("homeassistant/status", "online")
     assert a.next_message() == ("homeassistant/status", b"online", False)
+
+
+def test_claims_reach_only_their_door_and_only_home_assistant_sends_them(conns):
+    """A door reads its own claim topic only; Home Assistant (a claim source) may publish claims, doors may not.
+
+    Claims are sealed end to end by a registered source (device/claims.py): the ACL is defence in depth.
+    """
+    ha, a, b = conns("homeassistant"), conns(DOOR_A), conns(DOOR_B)
+    assert a.subscribe("blindgate/home/door1/claim")  # positive control
+    for topic in (f"{B}/claim", "blindgate/+/+/claim", "blindgate/home/+/claim"):
+        assert not a.subscribe(topic), topic
+    for topic in ("blindgate/home/door1/claim", f"{B}/claim"):
+        assert not b.publish(topic, b"forged"), topic  # a door cannot claim at any door
+    assert not a.publish("blindgate/home/door1/claim", b"forged")
+    assert ha.publish("blindgate/home/door1/claim", b"sealed claim")
+    assert a.next_message() == ("blindgate/home/door1/claim", b"sealed claim", False)
+    assert a.messages.empty()

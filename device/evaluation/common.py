@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from blindgate.device.decision import VerdictKind, access_verdict
+from blindgate.device.operating_point import operating_point
 from blindgate.shared.config import DecisionConfig
 from blindgate.shared.errors import BlindgateError
 
-# The door's access rule as deployed by default: the evaluation measures exactly this decision.
+# The door's access rule as deployed by default, for one comparison (a pair is 1:1 verification):
+# the pairs evaluation measures exactly this decision.
 ACCESS_RULE = DecisionConfig()
 
 
+@functools.cache
+def access_threshold() -> float:
+    """The door's default 1:1 threshold (from the target max_false_open and the calibration)."""
+    return operating_point(ACCESS_RULE, 1, "verify").threshold
+
+
 def door_accepts(distances: np.ndarray) -> np.ndarray:
-    """The door's decision for each distance: True where `access_verdict` says MATCH."""
+    """The door's 1:1 decision for each distance: True where `access_verdict` says MATCH."""
     flat = np.asarray(distances, dtype=np.float64).reshape(-1)
-    accepted = [access_verdict(float(d), ACCESS_RULE) is VerdictKind.MATCH for d in flat]
+    margin, threshold = ACCESS_RULE.doubt_margin, access_threshold()
+    accepted = [access_verdict(float(d), threshold, margin) is VerdictKind.MATCH for d in flat]
     return np.array(accepted, dtype=bool).reshape(np.shape(distances))
 
 

@@ -7,24 +7,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .common import ACCESS_RULE, TARGET_FAR
+from .common import TARGET_FAR, access_threshold
 
 # -- metrics (pure numpy) -------------------------------------------------------------------------
 
 
-def accuracy(distances, same, threshold: float = ACCESS_RULE.threshold) -> float:
+def accuracy(distances, same, threshold: float | None = None) -> float:
     """Share of pairs decided correctly: same person iff distance <= threshold."""
     d, same = np.asarray(distances, dtype=np.float64), np.asarray(same, dtype=bool)
+    threshold = access_threshold() if threshold is None else threshold
     return float(np.mean((d <= threshold) == same))
 
 
-def best_threshold(distances, same, prefer: float = ACCESS_RULE.threshold) -> float:
+def best_threshold(distances, same, prefer: float | None = None) -> float:
     """The threshold with the highest accuracy on these pairs.
 
     Candidates are the midpoints between consecutive distinct distances (plus one below the
     smallest and one above the largest); among equally accurate ones, the closest to `prefer`.
     """
     d, same = np.asarray(distances, dtype=np.float64), np.asarray(same, dtype=bool)
+    prefer = access_threshold() if prefer is None else prefer
     values = np.unique(d)
     candidates = np.concatenate([[values[0] - 1e-3], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-3]])
     pos, neg = np.sort(d[same]), np.sort(d[~same])

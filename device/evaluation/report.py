@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import ACCESS_RULE, MAX_ERROR_TARGET, REFERENCE_ACCURACY, TARGET_FAR, door_accepts
+from .common import MAX_ERROR_TARGET, REFERENCE_ACCURACY, TARGET_FAR, access_threshold, door_accepts
 from .metrics import roc_auc
 
 # -- plots --------------------------------------------------------------------------------------
@@ -57,7 +57,7 @@ def plot_errors(path: Path, plain, d11, d1n) -> None:
         linestyle="--",
         label=f"target {MAX_ERROR_TARGET:g}",
     )
-    right.axvline(ACCESS_RULE.threshold, color="grey", linestyle=":", label=f"threshold {ACCESS_RULE.threshold}")
+    right.axvline(access_threshold(), color="grey", linestyle=":", label=f"threshold {access_threshold()}")
     right.set_yscale("log")
     right.set_title("Absolute error vs plaintext distance")
     right.set_xlabel("plaintext Euclidean distance")
@@ -112,7 +112,7 @@ def plot_roc(path: Path, curves: dict[str, tuple], same) -> None:
     left.set_xlim(1 / negatives / 1.5, 1)
     left.set_title(f"ROC, log FAR (smallest non-zero FAR = 1/{negatives})")
     right.set_xlim(-0.002, 0.1)
-    right.set_title(f"ROC zoom (circles: threshold {ACCESS_RULE.threshold})")
+    right.set_title(f"ROC zoom (circles: threshold {access_threshold()})")
     for ax in (left, right):
         ax.set_xlabel("false accept rate (different-person pairs accepted)")
         ax.set_ylabel("true accept rate (same-person pairs accepted)")
@@ -143,7 +143,7 @@ def plot_distances(path: Path, plain, same) -> None:
         color="tab:red",
         label=f"different people ({(~same).sum()})",
     )
-    ax.axvline(ACCESS_RULE.threshold, color="black", linestyle="--", label=f"threshold {ACCESS_RULE.threshold}")
+    ax.axvline(access_threshold(), color="black", linestyle="--", label=f"threshold {access_threshold()}")
     ax.set_xlabel("plaintext Euclidean distance between dlib embeddings")
     ax.set_ylabel("pairs")
     ax.set_title("Distance distributions of the LFW pairs")

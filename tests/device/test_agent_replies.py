@@ -424,3 +424,31 @@ def test_signed_transparent_or_nan_scale_results_never_open(agent, world):
     frame(agent, world, lambda req: [sealed(world, req)])
     _, decision = frame(agent, world, lambda req: [sealed(world, req)])
     assert decision.unlock and not agent.lock.is_locked
+
+
+def test_the_threshold_follows_the_templates_the_device_decoded(agent, world):
+    """N is what the device compared against (occupied slots it decoded): more templates, a stricter threshold."""
+    from blindgate.device.operating_point import operating_point
+
+    slots = world.keys.params.slots
+    template = world.sealer.open(world.sealed_templates["s-alice"], "s-alice", world.keys.key_id).template
+    direction = np.random.default_rng(9).normal(size=128)
+    live = template + 0.42 * direction / np.linalg.norm(direction)
+    decision = agent.config.decision
+    two, crowded = operating_point(decision, 2), operating_point(decision, slots)
+    assert crowded.threshold + decision.doubt_margin < 0.42 <= two.threshold  # the calibration separates the cases
+
+    v, _ = frame(agent, world, lambda req: [sealed(world, req, embedding=live)], embedding=live)
+    assert v.kind == MATCH and agent.current_point is not None and agent.current_point.enrolled == 2  # positive control
+    status = [json.loads(p) for t, p, retain in agent.link.published if t == agent.link.topics.status and retain]
+    assert status[-1]["enrolled"] == 2 and status[-1]["threshold"] == pytest.approx(two.threshold, abs=1e-4)
+    assert not any(k in json.dumps(status) for k in ("distance", "score"))
+
+    def every_slot_occupied(req):
+        honest = scan(world.gallery, encrypt_probe(world.keys, live))
+        results = tuple(BlockResult.of(i, np.ones(slots, dtype=bool), ct) for i, ct in enumerate(honest))
+        return [sealed(world, req, embedding=live, results=results)]
+
+    v, _ = frame(agent, world, every_slot_occupied, embedding=live)
+    assert v.kind == UNKNOWN and agent.current_point.enrolled == slots
+    assert_locked(agent)

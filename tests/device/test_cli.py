@@ -1,28 +1,12 @@
-"""CLI pieces that need no cloud: enrollment template rule, state files, clear errors."""
+"""CLI pieces that need no cloud: state files, clear errors (the enrollment rules: test_enrollment.py)."""
 
 import os
 import stat
 
-import numpy as np
 import pytest
 
-from blindgate.device.cli import UsageError, main, template_from
+from blindgate.device.cli import main
 from blindgate.device.site_state import SiteState
-
-
-def test_template_is_the_mean_of_consistent_faces():
-    rng = np.random.default_rng(0)
-    base = rng.normal(0, 0.09, 128)
-    faces = [base + rng.normal(0, 0.01, 128) for _ in range(3)]
-    assert np.allclose(template_from(faces), np.mean(faces, axis=0))
-
-
-def test_template_refuses_two_people_and_no_face():
-    rng = np.random.default_rng(1)
-    with pytest.raises(UsageError):
-        template_from([rng.normal(0, 0.09, 128), rng.normal(0, 0.09, 128)])
-    with pytest.raises(UsageError):
-        template_from([])
 
 
 def test_commands_without_init_fail_clearly(tmp_path, capsys, monkeypatch):

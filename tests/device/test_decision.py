@@ -17,7 +17,8 @@ MATCH, UNKNOWN, DOUBT = VerdictKind.MATCH, VerdictKind.UNKNOWN, VerdictKind.DOUB
 
 def test_the_rule_lives_in_config_with_documented_defaults():
     config = DecisionConfig()
-    assert (config.threshold, config.doubt_margin) == (0.6, 0.05)
+    # no fixed distance: the threshold comes from the target (device/operating_point.py)
+    assert (config.threshold, config.max_false_open, config.doubt_margin, config.mode) == (None, 0.001, 0.05, "identify")
 
 
 @pytest.mark.parametrize(
@@ -34,20 +35,19 @@ def test_the_rule_lives_in_config_with_documented_defaults():
     ],
 )
 def test_threshold_and_doubt_margin(distance, kind):
-    assert access_verdict(distance) is kind
+    assert access_verdict(distance, 0.6, 0.05) is kind
 
 
 @pytest.mark.parametrize("distance", [math.inf, math.nan, -math.inf])
 def test_no_finite_distance_means_nobody_enrolled(distance):
-    assert access_verdict(distance) is UNKNOWN
+    assert access_verdict(distance, 0.6, 0.05) is UNKNOWN
 
 
-def test_the_config_moves_the_boundary():
-    strict = DecisionConfig(threshold=0.5)
-    assert access_verdict(0.55) is MATCH and access_verdict(0.55, strict) is DOUBT
-    assert access_verdict(0.6, strict) is UNKNOWN
-    assert access_verdict(0.62, DecisionConfig(doubt_margin=0.0)) is UNKNOWN
-    assert access_verdict(0.62, DecisionConfig(threshold=0.7)) is MATCH
+def test_the_threshold_and_margin_move_the_boundary():
+    assert access_verdict(0.55, 0.6, 0.05) is MATCH and access_verdict(0.55, 0.5, 0.05) is DOUBT
+    assert access_verdict(0.6, 0.5, 0.05) is UNKNOWN
+    assert access_verdict(0.62, 0.6, 0.0) is UNKNOWN
+    assert access_verdict(0.62, 0.7, 0.05) is MATCH
 
 
 def test_kinds_and_events_keep_their_wire_strings():
@@ -231,3 +231,30 @@ def test_denied_events_are_rate_limited():
         events.append(engine.observe_match("alice").event)
         clock.advance(0.1)
     assert events.count(EVENT_DENIED) == 1
+
+
+def test_every_failed_claim_counts_and_locks_out():
+    """Each wrong badge/PIN (or a claim that expired unopened) is one failed attempt, no cooldown grace."""
+    engine, clock = make(lockout_failures=3)
+    for i in range(1, 3):
+        d = engine.observe_failed_claim("claimed pin matches nobody")
+        assert d.event == DoorEvent.UNKNOWN and engine.failures == i and not engine.locked_out()
+        clock.advance(0.5)
+    engine.observe_failed_claim("claimed pin matches nobody")
+    assert engine.locked_out()
+    engine.observe_match("alice")
+    clock.advance(0.5)
+    d = engine.observe_match("alice")  # the right face during the lockout: denied
+    assert not d.unlock and d.event == DoorEvent.DENIED
+    clock.advance(30.1)
+    engine.tick()
+    engine.observe_match("alice")
+    clock.advance(0.5)
+    assert engine.observe_match("alice").unlock  # positive control: after the lockout
+
+
+def test_a_failed_claim_breaks_an_agreeing_run():
+    engine, clock = make()
+    engine.observe_match("alice")
+    engine.observe_failed_claim()
+    assert not engine.observe_match("alice").unlock

@@ -2,7 +2,7 @@
 
 import json
 
-from blindgate.device.discovery import discovery_configs, publish_discovery
+from blindgate.device.discovery import STATUS_SENSORS, discovery_configs, publish_discovery
 from blindgate.device.link import DeviceTopics, MqttLink
 from blindgate.shared.config import DeviceConfig
 
@@ -11,9 +11,17 @@ TOPICS = DeviceTopics.of(CONFIG)
 REQUIRED = {"name", "unique_id", "state_topic", "device", "availability_topic", "payload_available", "payload_not_available"}
 
 
-def test_one_lock_and_one_event_entity_of_one_device():
+SENSORS = {f"homeassistant/sensor/home_door1/{key}/config" for key in STATUS_SENSORS}
+
+
+def test_one_lock_one_event_entity_and_the_status_sensors_of_one_device():
     configs = discovery_configs(TOPICS)
-    assert set(configs) == {"homeassistant/lock/home_door1/config", "homeassistant/event/home_door1/config"}
+    assert set(configs) == {"homeassistant/lock/home_door1/config", "homeassistant/event/home_door1/config"} | SENSORS
+    for topic in SENSORS:
+        sensor = configs[topic]
+        assert REQUIRED <= set(sensor) and sensor["state_topic"] == "blindgate/home/door1/status"
+        assert sensor["device"] == configs["homeassistant/lock/home_door1/config"]["device"]
+    assert {configs[t]["value_template"] for t in SENSORS} == {f"{{{{ value_json.{k} }}}}" for k in STATUS_SENSORS}
     lock = configs["homeassistant/lock/home_door1/config"]
     event = configs["homeassistant/event/home_door1/config"]
     for entity in (lock, event):
@@ -36,7 +44,8 @@ def test_topics_are_the_doors():
 
 def test_discovery_prefix_comes_from_config():
     topics = DeviceTopics.of(DeviceConfig(site="lab", device_id="d2", ha_discovery_prefix="ha"))
-    assert set(discovery_configs(topics)) == {"ha/lock/lab_d2/config", "ha/event/lab_d2/config"}
+    expected = {"ha/lock/lab_d2/config", "ha/event/lab_d2/config"} | {f"ha/sensor/lab_d2/{k}/config" for k in STATUS_SENSORS}
+    assert set(discovery_configs(topics)) == expected
 
 
 def test_payloads_are_json_and_published_retained():

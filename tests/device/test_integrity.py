@@ -34,7 +34,8 @@ from .test_agent_replies import FakeClock, RecordingLink, arrive
 
 SITE, DEVICE, VERSION = "home", "door1", 3
 ALICE, BOB = "a" * 32, "b" * 32
-CONFIG = DecisionConfig(frames_required=2, reply_timeout=0.3)
+CONFIG = DecisionConfig(threshold=0.6, frames_required=2, reply_timeout=0.3)  # explicit: the geometry below
+T = 0.6
 
 
 @pytest.fixture(scope="module")
@@ -105,19 +106,19 @@ def test_honest_match_is_confirmed_with_the_sealed_label_and_cached(world, tmp_p
     tc, store = check(world, tmp_path)
     true_distance = float(np.linalg.norm(world.alice - world.alice_live))
     for _ in range(3):
-        result = tc.confirm(VERSION, ALICE, true_distance + AGREEMENT / 2, world.alice_live)
+        result = tc.confirm(VERSION, ALICE, true_distance + AGREEMENT / 2, world.alice_live, T)
         assert result.ok and result.label == "Alice" and not result.alarm
     assert store.fetched == [ALICE]  # one GET per subject and gallery version
-    assert tc.confirm(VERSION + 1, ALICE, true_distance, world.alice_live).ok
+    assert tc.confirm(VERSION + 1, ALICE, true_distance, world.alice_live, T).ok
     assert store.fetched == [ALICE, ALICE]
 
 
 def test_lie_about_the_distance_raises_the_alarm(world, tmp_path):
     tc, _ = check(world, tmp_path)
-    result = tc.confirm(VERSION, ALICE, 0.0, world.stranger)  # the cloud claims distance 0 for a stranger
+    result = tc.confirm(VERSION, ALICE, 0.0, world.stranger, T)  # the cloud claims distance 0 for a stranger
     assert not result.ok and result.alarm and "distance" not in json.dumps(result.label)
     true_distance = float(np.linalg.norm(world.alice - world.alice_live))
-    assert tc.confirm(VERSION, ALICE, true_distance + 3 * AGREEMENT, world.alice_live).alarm  # beyond the error
+    assert tc.confirm(VERSION, ALICE, true_distance + 3 * AGREEMENT, world.alice_live, T).alarm  # beyond the error
 
 
 def test_swapped_missing_or_garbled_blob_raises_the_alarm(world, tmp_path):
@@ -127,7 +128,7 @@ def test_swapped_missing_or_garbled_blob_raises_the_alarm(world, tmp_path):
     missing = Blobs({})
     garbled = Blobs({ALICE: world.blobs[ALICE][:-1] + bytes([world.blobs[ALICE][-1] ^ 1])})
     for store in (swapped, missing, garbled):
-        result = check(world, tmp_path, blobs=store)[0].confirm(VERSION, ALICE, distance, live)
+        result = check(world, tmp_path, blobs=store)[0].confirm(VERSION, ALICE, distance, live, T)
         assert not result.ok and result.alarm, store.blobs.keys()
 
 
@@ -140,9 +141,9 @@ def test_unreachable_cloud_is_doubt_without_alarm_a_refusal_is_an_alarm(world, t
     def refuses(subject):
         raise CloudError(404, "no such subject")
 
-    result = check(world, tmp_path, blobs=down)[0].confirm(VERSION, ALICE, distance, world.alice_live)
+    result = check(world, tmp_path, blobs=down)[0].confirm(VERSION, ALICE, distance, world.alice_live, T)
     assert not result.ok and not result.alarm
-    result = check(world, tmp_path, blobs=refuses)[0].confirm(VERSION, ALICE, distance, world.alice_live)
+    result = check(world, tmp_path, blobs=refuses)[0].confirm(VERSION, ALICE, distance, world.alice_live, T)
     assert not result.ok and result.alarm
 
 
@@ -151,18 +152,18 @@ def test_borderline_agreement_is_doubt_without_alarm(world, tmp_path):
     far = world.alice + 0.6 / np.sqrt(128) * 1.02  # just over the 0.6 threshold, inside the doubt margin
     d = float(np.linalg.norm(world.alice - far))
     assert CONFIG.threshold < d <= CONFIG.threshold + CONFIG.doubt_margin
-    result = tc.confirm(VERSION, ALICE, d - AGREEMENT / 2, far)  # the cloud said "just under"
+    result = tc.confirm(VERSION, ALICE, d - AGREEMENT / 2, far, T)  # the cloud said "just under"
     assert not result.ok and not result.alarm
 
 
 def test_denied_subject_never_confirms_even_with_an_honest_blob(world, tmp_path):
     tc, _ = check(world, tmp_path)
     distance = float(np.linalg.norm(world.alice - world.alice_live))
-    assert tc.confirm(VERSION, ALICE, distance, world.alice_live).ok  # positive control
+    assert tc.confirm(VERSION, ALICE, distance, world.alice_live, T).ok  # positive control
     SiteState(tmp_path, SITE).deny([ALICE])  # as `blindgate-device remove` does, in another process
-    result = tc.confirm(VERSION, ALICE, distance, world.alice_live)
+    result = tc.confirm(VERSION, ALICE, distance, world.alice_live, T)
     assert not result.ok and result.alarm and "removed" in result.reason
-    assert tc.confirm(VERSION, BOB, float(np.linalg.norm(world.alice_live - world.alice)), world.alice_live).alarm
+    assert tc.confirm(VERSION, BOB, float(np.linalg.norm(world.alice_live - world.alice)), world.alice_live, T).alarm
 
 
 # -- in the agent: a correctly signed forged reply --------------------------------------------------

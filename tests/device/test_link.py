@@ -137,7 +137,11 @@ def test_connect_subscribes_announces_online_then_calls_back(link):
     link.connect(client, wait=None)
     assert client.will == (("blindgate/home/door1/availability", "offline"), {"qos": 1, "retain": True})
     link.on_connect(client, None, None, SimpleNamespace(is_failure=False), None)
-    assert set(client.subscribed) == {("blindgate/home/door1/reply", 1), ("homeassistant/status", 1)}
+    assert set(client.subscribed) == {
+        ("blindgate/home/door1/reply", 1),
+        ("homeassistant/status", 1),
+        ("blindgate/home/door1/claim", 1),
+    }
     assert [(p.topic, p.payload, p.retain) for p in client.published] == [("blindgate/home/door1/availability", "online", True)]
     assert connected == [True]
 
@@ -219,3 +223,13 @@ def test_reconnects_after_broker_restart_and_last_will(broker):
             watcher.loop_stop()
         except AttributeError:  # paho race when the thread ends by itself
             pass
+
+
+def test_claims_go_to_their_callback_retained_flag_included(link):
+    """Claims never enter the reply queue; the claim gate gets them (and audits retained ones itself)."""
+    got = []
+    link.when_claim = lambda payload, retained: got.append((payload, retained))
+    link.on_message(None, None, SimpleNamespace(topic="blindgate/home/door1/claim", payload=b"sealed", retain=False))
+    link.on_message(None, None, SimpleNamespace(topic="blindgate/home/door1/claim", payload=b"old", retain=True))
+    assert got == [(b"sealed", False), (b"old", True)]
+    assert link.next_reply(0.05) is None

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 
 import numpy as np
 import pytest
 
-from blindgate.device.sealing import SealError, TemplateSealer, plaintext_distance
+from blindgate.device.sealing import MAGIC, MAGIC_V1, MAX_PHOTOS, NONCE_BYTES, SealError, TemplateSealer, plaintext_distance
 from blindgate.shared.limits import MAX_SEALED_BYTES
 
 TEMPLATE = np.random.default_rng(3).normal(0, 0.09, 128)
@@ -75,3 +76,24 @@ def test_refuses_to_seal_what_it_could_not_check(sealer):
 def test_plaintext_distance_is_euclidean():
     other = TEMPLATE + 0.01
     assert plaintext_distance(TEMPLATE, other) == pytest.approx(np.linalg.norm(TEMPLATE - other))
+
+
+def seal_v1(sealer: TemplateSealer, subject: str, key_id: str, template: np.ndarray, label: str) -> bytes:
+    """A blob in the first layout (BGT1: no photo count), as sealers before the photo count wrote them."""
+    plain = struct.pack("<H", template.size) + np.asarray(template, dtype="<f8").tobytes() + label.encode()
+    nonce = os.urandom(NONCE_BYTES)
+    ad = sealer._ad(subject, key_id, 1, MAGIC_V1)
+    return struct.pack("<4sI", MAGIC_V1, 1) + nonce + sealer._aead.encrypt(nonce, plain, ad)
+
+
+def test_the_photo_count_is_sealed_and_old_blobs_still_open(sealer):
+    opened = sealer.open(sealer.seal("subject-a", "key-1", TEMPLATE, "Ada", photos=3), "subject-a", "key-1")
+    assert opened.photos == 3 and opened.label == "Ada" and np.array_equal(opened.template, TEMPLATE)
+    old = seal_v1(sealer, "subject-a", "key-1", TEMPLATE, "Ada")
+    legacy = sealer.open(old, "subject-a", "key-1")  # positive control for the layout switch
+    assert legacy.photos == 0 and legacy.label == "Ada" and np.array_equal(legacy.template, TEMPLATE)
+    relabelled = MAGIC + old[4:]  # a BGT1 blob passed off as BGT2 (the count would be read from the template)
+    with pytest.raises(SealError, match="does not open"):
+        sealer.open(relabelled, "subject-a", "key-1")
+    with pytest.raises(SealError):
+        sealer.seal("s", "k", TEMPLATE, "x", photos=MAX_PHOTOS + 1)
