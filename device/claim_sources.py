@@ -10,8 +10,6 @@ kept only here. The file is re-read when it changes, so a running door follows a
 from __future__ import annotations
 
 import base64
-import json
-import os
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +17,7 @@ from pathlib import Path
 from blindgate.shared.errors import BlindgateError
 
 from .claims import KEY_BYTES, ClaimError, check_source_name, new_source_key
-from .keyfiles import write_private
+from .registry import read_registry, write_registry
 
 SOURCES_FILE = "claim_sources.json"
 FORMAT = 1
@@ -39,22 +37,10 @@ class ClaimSources:
         self._keys: dict[str, bytes] = {}
 
     def _read(self) -> dict[str, dict]:
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        except ValueError as exc:
-            raise ClaimSourceError(f"{self.path} is corrupted: {exc}") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("sources"), dict):
-            raise ClaimSourceError(f"{self.path} is not a claim-source registry (format {FORMAT})")
-        return data["sources"]
+        return read_registry(self.path, "sources", FORMAT, ClaimSourceError, "claim-source registry")
 
     def _write(self, sources: dict[str, dict]) -> None:
-        data = json.dumps({"format": FORMAT, "sources": sources}, indent=2).encode()
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.unlink(missing_ok=True)
-        write_private(tmp, data)
-        os.replace(tmp, self.path)  # readers see the old or the new registry, never half of one
+        write_registry(self.path, "sources", FORMAT, sources)
 
     def add(self, name: str) -> bytes:
         """Register `name` with a new random key and return the key (shown once to the installer)."""

@@ -12,8 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
-import os
 import re
 import secrets
 import threading
@@ -22,7 +20,7 @@ from pathlib import Path
 from blindgate.shared.errors import BlindgateError
 
 from .claims import CredentialKind
-from .keyfiles import write_private
+from .registry import read_registry, write_registry
 
 CREDENTIALS_FILE = "credentials.json"
 FORMAT = 1
@@ -71,21 +69,10 @@ class CredentialStore:
         self._guard = threading.Lock()
 
     def _read(self) -> dict[str, dict]:
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        except ValueError as exc:
-            raise CredentialError(f"{self.path} is corrupted: {exc}") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("subjects"), dict):
-            raise CredentialError(f"{self.path} is not a credential registry (format {FORMAT})")
-        return data["subjects"]
+        return read_registry(self.path, "subjects", FORMAT, CredentialError, "credential registry")
 
     def _write(self, subjects: dict[str, dict]) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.unlink(missing_ok=True)
-        write_private(tmp, json.dumps({"format": FORMAT, "subjects": subjects}, indent=2).encode())
-        os.replace(tmp, self.path)
+        write_registry(self.path, "subjects", FORMAT, subjects)
 
     def _holders(self, subjects: dict[str, dict], kind: CredentialKind, value: str) -> list[str]:
         """Every subject whose `kind` is `value`; all records are hashed (no early exit: no timing hint)."""

@@ -60,6 +60,7 @@ from blindgate.device.evaluation.common import (
     InputError,
     access_threshold,
     door_accepts,
+    json_default,
 )
 from blindgate.device.evaluation.embedding import (
     EmbeddingCache,
@@ -300,7 +301,7 @@ def _evaluate(args, progress: bool, argv) -> int:
         "command": command,
         "files": ["summary.json", "report.md", "error.png", "roc.png", "distances.png"],
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default) + "\n")
     (out / "report.md").write_text(render_report(summary))
     if progress:
         print(
@@ -312,12 +313,6 @@ def _evaluate(args, progress: bool, argv) -> int:
             file=sys.stderr,
         )
     return 0 if summary["passed"] else 1
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer, np.bool_)):
-        return value.item()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 if __name__ == "__main__":

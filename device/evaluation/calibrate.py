@@ -61,11 +61,17 @@ def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(d2, 0.0))
 
 
-def subsets(people: np.ndarray, k: int, draws: int, rng: np.random.Generator) -> tuple[list[list[int]], np.ndarray]:
-    """Up to `draws` distinct random k-photo subsets of each person with at least k photos; returns (subsets, owners)."""
+def photos_by_person(people) -> dict[str, list[int]]:
+    """Image indices of each person, in image order."""
     by_person: dict[str, list[int]] = defaultdict(list)
     for index, person in enumerate(people):
         by_person[str(person)].append(index)
+    return by_person
+
+
+def subsets(people: np.ndarray, k: int, draws: int, rng: np.random.Generator) -> tuple[list[list[int]], np.ndarray]:
+    """Up to `draws` distinct random k-photo subsets of each person with at least k photos; returns (subsets, owners)."""
+    by_person = photos_by_person(people)
     chosen, owners = [], []
     for person, indices in sorted(by_person.items()):
         if len(indices) < k:
@@ -133,9 +139,7 @@ def impostor_rates(probes, probe_people, templates, template_people, grid, chunk
 
 def genuine_single(embeddings, people, grid) -> tuple[np.ndarray, int]:
     """Share of same-person photo pairs within each threshold, and how many pairs."""
-    by_person: dict[str, list[int]] = defaultdict(list)
-    for index, person in enumerate(people):
-        by_person[str(person)].append(index)
+    by_person = photos_by_person(people)
     found = []
     for indices in by_person.values():
         if len(indices) >= 2:
@@ -145,38 +149,28 @@ def genuine_single(embeddings, people, grid) -> tuple[np.ndarray, int]:
     return np.searchsorted(distances, grid, side="right") / max(1, distances.size), int(distances.size)
 
 
-def genuine_mean(embeddings, people, k: int, draws: int, rng) -> tuple[np.ndarray, int]:
-    """Each photo against the mean of k OTHER photos of the same person (`draws` subsets): the distances."""
-    by_person: dict[str, list[int]] = defaultdict(list)
-    for index, person in enumerate(people):
-        by_person[str(person)].append(index)
+def _genuine_subsets(embeddings, people, k: int, draws: int, rng, distance) -> tuple[np.ndarray, int]:
+    """Each photo against `draws` random k-subsets of the OTHER photos of the same person: the sorted distances."""
     found = []
-    for indices in by_person.values():
+    for indices in photos_by_person(people).values():
         if len(indices) < k + 1:
             continue
         for probe in indices:
             others = [i for i in indices if i != probe]
             for _ in range(draws):
                 subset = rng.choice(others, size=k, replace=False)
-                found.append(float(np.linalg.norm(embeddings[probe] - embeddings[subset].mean(axis=0))))
+                found.append(float(distance(embeddings[probe], embeddings[subset])))
     return np.sort(np.array(found)), len(found)
+
+
+def genuine_mean(embeddings, people, k: int, draws: int, rng) -> tuple[np.ndarray, int]:
+    """Each photo against the mean of k other photos of the same person."""
+    return _genuine_subsets(embeddings, people, k, draws, rng, lambda x, ys: np.linalg.norm(x - ys.mean(axis=0)))
 
 
 def genuine_separate(embeddings, people, k: int, draws: int, rng) -> tuple[np.ndarray, int]:
-    """Each photo against the nearest of k OTHER photos of the same person (`draws` subsets): the distances."""
-    by_person: dict[str, list[int]] = defaultdict(list)
-    for index, person in enumerate(people):
-        by_person[str(person)].append(index)
-    found = []
-    for indices in by_person.values():
-        if len(indices) < k + 1:
-            continue
-        for probe in indices:
-            others = [i for i in indices if i != probe]
-            for _ in range(draws):
-                subset = rng.choice(others, size=k, replace=False)
-                found.append(float(np.min(np.linalg.norm(embeddings[subset] - embeddings[probe], axis=1))))
-    return np.sort(np.array(found)), len(found)
+    """Each photo against the nearest of k other photos of the same person."""
+    return _genuine_subsets(embeddings, people, k, draws, rng, lambda x, ys: np.min(np.linalg.norm(ys - x, axis=1)))
 
 
 def buckets(rates: np.ndarray, count: int) -> np.ndarray:

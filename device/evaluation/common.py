@@ -51,3 +51,12 @@ CACHE_NAME = "embeddings.npz"
 
 class InputError(BlindgateError, ValueError):
     """Malformed pairs file or missing images: the message says what to fix."""
+
+
+def json_default(value):
+    """`json.dumps(default=...)` for numpy scalars and arrays in reports."""
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import CACHE_NAME, InputError
+from .common import CACHE_NAME, InputError, json_default
 from .open_set import Mode, Outcome, compare_predictions, eligible_people, group_photos, run_open_set, threshold_grid
 
 FIXED_THRESHOLDS = (0.6, 0.5, 0.45)
@@ -262,7 +262,7 @@ def _run(args, argv) -> int:
         "command": " ".join(["python -m blindgate.device.evaluate --open-set", *(argv if argv is not None else sys.argv[1:])]),
         "files": ["open_set.json", "open_set.md", "det.png"],
     }
-    (args.out / "open_set.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+    (args.out / "open_set.json").write_text(json.dumps(summary, indent=2, default=json_default) + "\n")
     (args.out / "open_set.md").write_text(render_markdown(summary))
     plot_det(args.out / "det.png", outcomes, results)
     if progress:
@@ -274,14 +274,6 @@ def _run(args, argv) -> int:
             file=sys.stderr,
         )
     return 0 if summary["passed"] else 1
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer, np.bool_)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 __all__ = ["Outcome", "build_parser", "list_images", "main"]

@@ -8,7 +8,6 @@ another mode, a cloud that lies about the distance, verify-mode frames without a
 
 from __future__ import annotations
 
-import json
 import time
 from types import SimpleNamespace
 
@@ -25,27 +24,16 @@ from blindgate.device.decision import VerdictKind
 from blindgate.device.directory import SubjectDirectory
 from blindgate.device.integrity import TemplateCheck
 from blindgate.device.labels import LabelCipher
-from blindgate.device.link import MqttLink
 from blindgate.device.lock import Lock
 from blindgate.device.sealing import TemplateSealer
 from blindgate.shared.config import DecisionConfig, DeviceConfig
 from blindgate.shared.engine import encrypt_enrollment, encrypt_probe, generate_site_keys, verify
 from blindgate.shared.protocol import BlockResult, Mode, Reply, ReplyStatus, new_probe_request, new_signing_key, seal_reply
 
+from .fakes import RecordingLink
+
 SITE, DEVICE, VERSION = "home", "door1", 3
 ALICE, BOB = "a" * 32, "b" * 32
-
-
-class RecordingLink(MqttLink):
-    def __init__(self, config):
-        super().__init__(config)
-        self.published = []
-
-    def publish(self, topic, payload, retain=False):
-        self.published.append((topic, payload, retain))
-
-    def events(self):
-        return [json.loads(p) for t, p, _ in self.published if t == self.topics.event]
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from blindgate.device.decision import VerdictKind
 from blindgate.device.directory import SubjectDirectory
 from blindgate.device.integrity import TemplateCheck
 from blindgate.device.labels import LabelCipher
-from blindgate.device.link import MqttLink
 from blindgate.device.lock import Lock
 from blindgate.device.sealing import TemplateSealer
 from blindgate.shared.config import DecisionConfig, DeviceConfig
@@ -37,22 +36,10 @@ from blindgate.shared.protocol import (
 )
 from tests.shared.engine import tamper
 
+from .fakes import RecordingLink
+
 SITE, DEVICE, VERSION = "home", "door1", 7
 MATCH, UNKNOWN, DOUBT, REJECTED = VerdictKind.MATCH, VerdictKind.UNKNOWN, VerdictKind.DOUBT, VerdictKind.REJECTED
-
-
-class RecordingLink(MqttLink):
-    """The real link without a broker: what the agent publishes is kept in `published`."""
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.published = []
-
-    def publish(self, topic, payload, retain=False):
-        self.published.append((topic, payload, retain))
-
-    def events(self):
-        return [json.loads(p) for t, p, _ in self.published if t == self.topics.event]
 
 
 class FakeClock:
