@@ -10,7 +10,8 @@ embedding in slot 0 plus random dlib-like templates, built with the engine's bul
 (`encrypt_block`, the same layout enrollment builds).
 
 Per frame, timed on the device's own code path (`Agent.handle_reply`):
-- detect: HOG detection + quality checks; embed: landmarks + ResNet descriptor;
+- detect: HOG detection (tracked around the last face, as the door runs it) + quality checks;
+  embed: landmarks + ResNet descriptor;
 - encrypt: `encrypt_probe`;
 - round_trip: request encoding, the cloud's work (`decode_probe_request`, `scan_blocks`,
   `seal_reply`) and, with --mqtt, both MQTT v5 hops through a real broker (responder in a
@@ -58,6 +59,7 @@ def main() -> int:
     import cv2
 
     from blindgate.device.agent import Agent
+    from blindgate.device.build import face_config
     from blindgate.device.decision import VerdictKind
     from blindgate.device.directory import SubjectDirectory
     from blindgate.device.faces import FaceAnalyzer, load_image
@@ -65,6 +67,7 @@ def main() -> int:
     from blindgate.device.labels import LabelCipher
     from blindgate.device.lock import Lock
     from blindgate.device.sealing import TemplateSealer
+    from blindgate.device.tracking import track_faces
     from blindgate.shared.config import DecisionConfig, DeviceConfig
     from blindgate.shared.engine import Block, encrypt_block, encrypt_probe, generate_site_keys, scan_blocks
     from blindgate.shared.protocol import (
@@ -78,8 +81,8 @@ def main() -> int:
         verify_probe_request,
     )
 
-    analyzer = FaceAnalyzer()
-    enrolled = analyzer.analyze(load_image(FACES / "people" / "lin_manuel_miranda" / "lin1.png"))
+    still = FaceAnalyzer(face_config(DeviceConfig()))  # the door's settings; photos: no tracking
+    enrolled = still.analyze(load_image(FACES / "people" / "lin_manuel_miranda" / "lin1.png"))
     keys = generate_site_keys()
     evaluation = keys.evaluation()
     rng = np.random.default_rng(0)
@@ -108,6 +111,7 @@ def main() -> int:
     signer = new_signing_key()
     door_key = new_signing_key()  # the door's request-signing key, "registered" with this stand-in cloud
     config = DeviceConfig(site="home", device_id="door1", decision=DecisionConfig(reply_timeout=5.0))
+    analyzer = track_faces(still, config.face.track_frames)  # the camera stream's analyzer, as build_agent makes it
     agent = Agent(
         config,
         keys,

@@ -25,6 +25,7 @@ from typing import Any
 from blindgate.shared.config import CloudConfig, ConfigError, config_option, load_config
 from blindgate.shared.errors import BlindgateError
 from blindgate.shared.logs import setup_logging
+from blindgate.shared.os_errors import explain
 from blindgate.shared.protocol import public_key_to_text
 from blindgate.shared.protocol.cloud_keys import fingerprint
 
@@ -146,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     except BlindgateError as exc:
         print(f"blindgate-cloud: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1  # 2, like argparse: the command line or config is wrong
+    except OSError as exc:  # e.g. the service's state directory or a root-only config: the path and the fix
+        print(f"blindgate-cloud: {explain(exc, 'blindgate-cloud', args.config)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -56,8 +56,18 @@ def door_from_headers(request: web.Request) -> tuple[str, bytes] | None:
 async def save_door_key(app: web.Application, site: str, door: str, public_key: bytes) -> bool:
     """Store a door's key (new or replacing); the bridge of this process forgets its cached one. True if new."""
     new = await in_thread(app[STORE].doors.put, site, door, public_key)
-    if BRIDGE in app:
-        app[BRIDGE].doors.forget(site, door)
+    door_key_registered(app, site, door, new)
+    return new
+
+
+def door_key_registered(app: web.Application, site: str, door: str, new: bool) -> None:
+    """After a door's key was stored: the bridge of this process forgets its cached one; counted and logged."""
+    forget_door(app, site, door)
     app[METRICS].inc("blindgate_door_keys_registered_total")
     log.info("door key registered", extra={"site": site, "door": door, "new": new})
-    return new
+
+
+def forget_door(app: web.Application, site: str, door: str) -> None:
+    """This process' bridge drops its cached key of the door: the next probe is checked against the store."""
+    if BRIDGE in app:
+        app[BRIDGE].doors.forget(site, door)

@@ -73,6 +73,8 @@ class Metrics:
         "blindgate_rekeys_total": ("counter", "Committed key renewals (rekeys) of a site."),
         "blindgate_sites_registered_total": ("counter", "Sites registered by this process."),
         "blindgate_door_keys_registered_total": ("counter", "Door request keys added or replaced by this process."),
+        "blindgate_doors_added_total": ("counter", "Doors added to a site by one of its doors (own key and token)."),
+        "blindgate_doors_removed_total": ("counter", "Doors removed from a site: their key and token revoked."),
         "blindgate_http_errors_total": ("counter", "HTTP error answers, by status."),
     }
 

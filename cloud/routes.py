@@ -24,7 +24,7 @@ from blindgate.shared.limits import MAX_BUNDLE_BYTES, MAX_ENROLLMENT_BYTES
 from blindgate.shared.protocol import ProtocolError, check_name, public_key_to_text
 
 from . import subject_headers
-from .door_keys import door_from_headers, save_door_key
+from .door_keys import door_from_headers, door_key_registered
 from .http_errors import json_error, match_error
 from .key_rotation import published
 from .match_errors import MatchError
@@ -146,11 +146,12 @@ async def register_site(request: web.Request) -> web.Response:
         raise json_error(409, f"site {site!r} is already registered; its keys are never replaced")
     token = secrets.token_hex(32)  # site tokens go on command lines and in headers: hex only
     try:
-        await in_thread(app[STORE].create_site, site, token, key_id, bundle)
+        # with a door: the token is that door's own (removing the door revokes it), stored with the site
+        await in_thread(app[STORE].create_site, site, token, key_id, bundle, door)
     except StoreConflict as exc:
         raise json_error(409, str(exc)) from None
     if door is not None:
-        await save_door_key(app, site, *door)
+        door_key_registered(app, site, door[0], True)
     await refresh_site(app, site)
     app[SUBJECT_COUNTS][site] = 0
     app[METRICS].inc("blindgate_sites_registered_total")

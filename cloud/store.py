@@ -30,7 +30,7 @@ from types import TracebackType
 
 from blindgate.shared.engine.gallery import SlotRef
 
-from .store_doors import DoorStore
+from .store_doors import DoorStore, check_door, insert_door
 from .store_records import (
     GallerySnapshot,
     SiteRecord,
@@ -131,25 +131,31 @@ class GalleryStore:
 
     # -- sites ----------------------------------------------------------------------------------
 
-    def create_site(self, site_id: str, token: str, key_id: str, bundle: bytes) -> None:
+    def create_site(self, site_id: str, token: str, key_id: str, bundle: bytes, door: tuple[str, bytes] | None = None) -> None:
         """Register a site with its evaluation bundle (validated by the caller) and access token.
 
-        The token itself is not kept, only its hash. StoreConflict if the site exists: keys are
-        never silently replaced, since every stored block was made under them.
+        The token itself is not kept, only its hash. With `door` (id, request public key) the
+        token is that first door's own, in the same transaction, and the site keeps no token of
+        its own (cloud/store_doors.py): removing the door later revokes it. StoreConflict if the
+        site exists: keys are never silently replaced, since every stored block was made under them.
         """
         site_id, key_id = require_text(site_id, "site id"), require_text(key_id, "key id")
         bundle = require_bytes(bundle, "evaluation bundle")
         if not bundle:
             raise ValueError("evaluation bundle is empty")
         token_hash = hash_token(token)
+        if door is not None:
+            door = check_door(site_id, *door)[1:]
         with self.database.write() as db:
             try:
                 db.execute(
                     "INSERT INTO site (site_id, key_id, token_hash, bundle, version, created) VALUES (?, ?, ?, ?, 0, ?)",
-                    (site_id, key_id, token_hash, bundle, time.time()),
+                    (site_id, key_id, secrets.token_bytes(32) if door else token_hash, bundle, time.time()),
                 )
             except sqlite3.IntegrityError:
                 raise StoreConflict(f"site {site_id!r} is already registered") from None
+            if door is not None:
+                insert_door(db, site_id, door[0], door[1], token_hash)
 
     def site(self, site_id: str) -> SiteRecord | None:
         with self.database.read() as db:
@@ -171,7 +177,7 @@ class GalleryStore:
         return bytes(row[0])
 
     def check_token(self, site_id: str, token: str) -> bool:
-        """Whether `token` is the site's access token; False for unknown sites or bad tokens.
+        """Whether `token` is the site's access token or one of its doors' own; False for unknown sites or bad tokens.
 
         Compared in constant time, and an unknown site costs the same work as a known one, so
         the answer says nothing about which sites exist.
@@ -183,7 +189,8 @@ class GalleryStore:
         with self.database.read() as db:
             row = db.execute("SELECT token_hash FROM site WHERE site_id = ?", (site_id,)).fetchone()
         stored = bytes(row[0]) if row else secrets.token_bytes(32)
-        return hmac.compare_digest(offered, stored) and row is not None
+        site_token = hmac.compare_digest(offered, stored) and row is not None
+        return bool(self.doors.token_doors(site_id, token)) or site_token
 
     # -- gallery --------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from blindgate.shared.errors import BlindgateError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # "BGGS" (BlindGate Gallery Store) in PRAGMA application_id: tells our files from other SQLite files.
 APPLICATION_ID = 0x42474753
 # Seconds a write waits for another connection's lock (a backup or an inspecting sqlite3 shell).
@@ -98,6 +98,14 @@ CREATE TABLE rekey_subject (
     PRIMARY KEY (site_id, subject_id)
 );
 """
+
+
+# Schema 3: each door's own bearer token (hash; NULL for a door added with the site's token before
+# schema 3). Schema 2's doors all held the site's token: the migration gives each of them that
+# token as its own and retires the site's, so removing a door revokes what it holds.
+SCHEMA_3_DOOR_TOKEN = "ALTER TABLE door ADD COLUMN token_hash BLOB CHECK (token_hash IS NULL OR length(token_hash) = 32)"
+SCHEMA_3_SHARE = "UPDATE door SET token_hash = (SELECT token_hash FROM site WHERE site.site_id = door.site_id)"
+SCHEMA_3_RETIRE = "UPDATE site SET token_hash = randomblob(32) WHERE site_id IN (SELECT site_id FROM door)"
 
 
 class StoreError(BlindgateError):
@@ -267,6 +275,12 @@ class StoreDatabase:
                     db.execute("ALTER TABLE subject ADD COLUMN sealed BLOB NOT NULL DEFAULT x''")
                 _execute_script(db, SCHEMA_2)
                 current = 2
+            if current == 2:
+                if "token_hash" not in {row[1] for row in db.execute("PRAGMA table_info(door)")}:
+                    db.execute(SCHEMA_3_DOOR_TOKEN)
+                db.execute(SCHEMA_3_SHARE)
+                db.execute(SCHEMA_3_RETIRE)
+                current = 3
             if current != SCHEMA_VERSION:  # pragma: no cover - every older schema is handled above
                 raise StoreError(f"{self.path}: no migration from store schema {current}")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

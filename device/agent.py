@@ -13,7 +13,9 @@ of that subject instead.
 Fail secure: a timeout, a broker disconnect, a bad signature, a stale, duplicated or foreign
 reply, garbage, a busy/error status, an unknown slot or a borderline distance all keep the door
 locked. Retained messages are never acted on. Events carry only the decision and the decrypted
-label, never a distance or score; so do the audit log and the log lines.
+label (a denial its reason, an unknown face its local snapshot's file name), never a distance or
+score; so do the audit log and the log lines. The access rules (device/access_store.py) may refuse
+a confirmed match: a `denied` event, the door stays locked.
 
 Observers attach by callbacks, gpiozero style: `when_decided(verdict, decision)` after every
 judged frame and `when_lock_changed(state)` when the published lock state changes.
@@ -45,6 +47,8 @@ from blindgate.shared.protocol import (
 )
 from blindgate.shared.protocol.cloud_keys import ReplyVerifier
 
+from .access_store import AccessPolicy
+from .activity import DoorActivity
 from .audit import AuditLog, now_iso
 from .camera import CameraSource
 from .claim_gate import ClaimGate
@@ -53,6 +57,7 @@ from .decision import Decision, DecisionEngine, DoorEvent, VerdictKind
 from .directory import SubjectDirectory
 from .discovery import LOCKED, UNLOCKED, publish_discovery
 from .faces import Analyzer, Rejection
+from .health import FRAME_STALL_S, DoorHealth
 from .integrity import TemplateCheck
 from .judge import ReplyJudge, Verdict
 from .link import LinkLost, MqttLink
@@ -60,11 +65,10 @@ from .lock import DoorLock
 from .notify import Notifier
 from .operating_point import OperatingPoint, check_decision_config
 from .requests import PendingRequests
+from .snapshots import SnapshotStore
 
 log = logging.getLogger("blindgate.device.agent")
 
-# Without a frame for this long the agent is not healthy (the systemd watchdog stops pinging).
-FRAME_STALL_S = 10.0
 TIMED_STAGES = ("detect_ms", "embed_ms", "encrypt_ms", "round_trip_ms", "decrypt_ms")
 
 
@@ -85,6 +89,8 @@ class Agent:
         link: MqttLink | None = None,
         door_key: Ed25519PrivateKey | Callable[[], Ed25519PrivateKey] | None = None,
         claims: ClaimGate | None = None,
+        access: AccessPolicy | None = None,
+        snapshots: SnapshotStore | None = None,
     ) -> None:
         check_decision_config(config.decision)  # a bad mode or target is an error at start, not at the door
         self.config = config
@@ -99,6 +105,8 @@ class Agent:
         self.pending = PendingRequests(self.device)
         self.link = link or MqttLink(config)
         self.integrity = integrity  # the sealed-template check: no match opens without it
+        self.access = access  # who may enter now (device/access_store.py); None: everyone enrolled
+        self.snapshots = snapshots  # unknown-face JPEGs kept on the device (device/snapshots.py); None: off
         # signs each request (from_config: door.key, re-read after a rotation); without one, a throwaway
         # key the cloud does not know, so every probe is refused and the door stays locked
         fixed_key = door_key if isinstance(door_key, Ed25519PrivateKey) else new_signing_key()
@@ -113,6 +121,7 @@ class Agent:
         self.claims.when_rejected = self._claim_rejected
         self.claims.when_failed = self._claim_failed
         self.link.when_claim = self.claims.submit
+        self.health, self.activity = DoorHealth(self.link, clock), DoorActivity(self.link)  # Home Assistant's view
         self.timings: deque[dict[str, float]] = deque(maxlen=2000)
         self.counters: dict[str, int] = {}
         self.last_frame_at: float | None = None
@@ -203,28 +212,32 @@ class Agent:
                 try:
                     incoming = self.link.next_reply(remaining)
                 except LinkLost:  # the request is in flight no more
+                    self.health.cloud_missed()
                     return Verdict(VerdictKind.DOUBT, "broker disconnected", request_id=request.request_id)
                 if incoming is None:
                     continue
                 verdict = self.handle_reply(incoming.payload, incoming.retained, embedding)
                 if verdict.kind is not VerdictKind.REJECTED:
+                    self.health.cloud_answered()
                     return verdict
                 self._count("replies_rejected")
                 log.warning("reply rejected: %s", verdict.reason)
                 self.audit.write(kind="reply_rejected", reason=verdict.reason)
                 if self.when_reply_rejected is not None:
                     self.when_reply_rejected(verdict.reason)
+            self.health.cloud_missed()
             return Verdict(VerdictKind.DOUBT, "no reply in time", request_id=request.request_id)
         finally:
             self.pending.discard(request.request_id)
 
     # -- acting on verdicts --------------------------------------------------------------------
 
-    def apply(self, verdict: Verdict) -> Decision:
+    def apply(self, verdict: Verdict, frame: np.ndarray | None = None) -> Decision:
         """Feed a frame's verdict to the decision rules, drive the lock, publish; then `when_decided`."""
         with self._state:
             if verdict.kind is VerdictKind.MATCH and verdict.subject:
-                decision = self.decision.observe_match(verdict.subject)
+                refused = self.access.refusal(verdict.subject) if self.access is not None else None
+                decision = self.decision.observe_match(verdict.subject, refused)
             elif verdict.kind is VerdictKind.UNKNOWN:
                 decision = self.decision.observe_unknown()
             else:
@@ -241,14 +254,17 @@ class Agent:
                     self.publish_lock_state()
         if decision.event:
             label = verdict.label if decision.event in (DoorEvent.RECOGNIZED, DoorEvent.DENIED) else None
-            self.publish_event(decision.event, label)
+            extra: dict[str, str | None] = {"reason": decision.reason} if decision.event is DoorEvent.DENIED else {}
+            if decision.event is DoorEvent.UNKNOWN and frame is not None and self.snapshots is not None:
+                extra["snapshot"] = self.snapshots.save(frame)  # the local file name; the image stays here
+            self.publish_event(decision.event, label, **extra)
             self.audit.write(
                 kind="event",
                 event=decision.event,
                 subject=decision.subject,
                 label=label,
                 request_id=verdict.request_id,
-                reason=decision.reason,
+                **(extra | {"reason": decision.reason}),
             )
         elif verdict.kind is VerdictKind.DOUBT:
             self.audit.write(kind="doubt", request_id=verdict.request_id, reason=verdict.reason)
@@ -259,6 +275,7 @@ class Agent:
     def tick(self) -> None:
         """Relock when the hold-open time is over (and whenever the lock is open without reason)."""
         self.claims.expire()  # a claim that ran out unopened is a failed attempt
+        self.health.check()  # a camera that stopped delivering frames
         with self._state:
             if self.decision.tick():
                 self._safe_lock()
@@ -318,6 +335,7 @@ class Agent:
         if self.analyzer is None:
             raise RuntimeError("this agent has no face analyzer")
         self.last_frame_at = time.monotonic()
+        self.health.frame_seen()
         self.claims.poll()  # resolve waiting claims (scrypt, so on this thread) before the frame
         if not self.claims.wants_probe():
             self._count("skipped_no_claim")  # verify mode: nothing is probed without a claim
@@ -332,7 +350,7 @@ class Agent:
         stages = {"detect_ms": t.detect_ms + t.quality_ms, "embed_ms": t.embed_ms, **verdict.timings}
         stages["total_ms"] = sum(stages.get(k, 0.0) for k in TIMED_STAGES)
         self.timings.append(stages)
-        decision = self.apply(replace(verdict, timings=stages))
+        decision = self.apply(replace(verdict, timings=stages), frame=rgb)
         if decision.unlock:
             self.claims.consume()  # a claim opens the door once
         log.info(
@@ -354,6 +372,7 @@ class Agent:
         self.publish_lock_state()
         self.publish_discovery()
         self.publish_status()
+        self.health.publish()
 
     def publish_lock_state(self) -> None:
         """Publish the lock state (retained) and tell `when_lock_changed` when it changed."""
@@ -380,9 +399,11 @@ class Agent:
         }
         self.link.publish(self.link.topics.status, json.dumps(body), retain=True)
 
-    def publish_event(self, event: DoorEvent, label: str | None) -> None:
-        body = {"event": DoorEvent(event), "label": label, "ts": now_iso()}
+    def publish_event(self, event: DoorEvent, label: str | None, **extra: str | None) -> None:
+        """One door event (never retained); `extra`: a denial's reason, an unknown face's snapshot file name."""
+        body = {"event": DoorEvent(event), "event_type": DoorEvent(event), "label": label, "ts": now_iso(), **extra}
         self.link.publish(self.link.topics.event, json.dumps(body), retain=False)
+        self.activity.record(body)
 
     def publish_discovery(self) -> None:
         publish_discovery(self.link)
@@ -411,6 +432,7 @@ class Agent:
         self._stop.clear()
         self._ticker = threading.Thread(target=self._tick_loop, args=(notifier,), name="blindgate-tick", daemon=True)
         self._ticker.start()
+        self.health.start()  # the camera is read from now on
         if notifier is not None:
             notifier.ready("running")
         frames = 0

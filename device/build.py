@@ -11,6 +11,7 @@ from typing import cast
 
 from blindgate.shared.config import DeviceConfig
 
+from .access_store import AccessPolicy, AccessRuleFile, door_timezone
 from .agent import Agent
 from .audit import AuditLog
 from .camera import FrameStream, open_camera
@@ -26,7 +27,9 @@ from .lock import DoorLock, Lock
 from .provision import TrustedCloudKeys, tls_context
 from .sealing import TemplateSealer
 from .site_state import SiteState
+from .snapshots import open_snapshots
 from .state import DeviceState, StateError
+from .tracking import track_faces
 
 
 def build_agent(config: DeviceConfig, lock: DoorLock | None = None, analyzer: Analyzer | None = None) -> Agent:
@@ -44,6 +47,8 @@ def build_agent(config: DeviceConfig, lock: DoorLock | None = None, analyzer: An
     audit = AuditLog(state.audit_path)
     d = config.decision
     claims = door_claim_gate(d.mode, d.claim_ttl, state.dir, DeviceTopics.of(config).claim, audit)
+    access = AccessPolicy(AccessRuleFile(state.dir), door_timezone(config.access.timezone))  # a bad zone: before the GPIO
+    snapshots = open_snapshots(config)
     return Agent(
         config,
         keys,
@@ -51,10 +56,12 @@ def build_agent(config: DeviceConfig, lock: DoorLock | None = None, analyzer: An
         SubjectDirectory(client.subjects, labels),
         lock if lock is not None else Lock(config.lock.pin, config.lock.active_high, config.lock.pin_factory),
         integrity,
-        analyzer if analyzer is not None else FaceAnalyzer(face_config(config)),
+        analyzer if analyzer is not None else track_faces(FaceAnalyzer(face_config(config)), config.face.track_frames),
         audit,
         door_key=DoorKeyFile(state).current,
         claims=claims,
+        access=access,
+        snapshots=snapshots,
     )
 
 

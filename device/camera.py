@@ -24,12 +24,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self
 
-import cv2
 import numpy as np
 
-from blindgate.device.faces import load_image
+from blindgate.device.imaging import grey_to_rgb, load_image, resize
+from blindgate.device.optional_imports import import_cv2, import_picamera2
+
+if TYPE_CHECKING:
+    import cv2
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 PI_CAMERA_NAMES = frozenset({"picamera2", "picamera", "pi"})
@@ -99,15 +102,12 @@ def _resize(rgb: np.ndarray, width: int | None, height: int | None) -> np.ndarra
         height = max(1, round(h * width / w))
     elif width is None:
         width = max(1, round(w * height / h))
-    if (w, h) == (width, height):
-        return rgb
-    interpolation = cv2.INTER_AREA if width * height < w * h else cv2.INTER_LINEAR
-    return cv2.resize(rgb, (width, height), interpolation=interpolation)
+    return resize(rgb, width, height)
 
 
 def _bgr_to_rgb(bgr: np.ndarray) -> np.ndarray:
     if bgr.ndim == 2:
-        return cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB)
+        return grey_to_rgb(bgr)
     # Channels 2, 1, 0 also drops a fourth (padding/alpha) channel; the copy makes the array
     # contiguous, which dlib requires.
     return np.ascontiguousarray(bgr[:, :, 2::-1])
@@ -128,19 +128,12 @@ class PiCamera2Source(FrameStream):
     """The Raspberry Pi camera module through picamera2 (libcamera).
 
     picamera2 is imported here, not at module level, so everything else works on machines
-    without it.
+    without it; this path needs no OpenCV (device/optional_imports.py).
     """
 
     def __init__(self, width: int = 640, height: int = 480, fps: float | None = None, camera_num: int = 0) -> None:
         _check_positive("fps", fps)
-        try:
-            from picamera2 import Picamera2
-        except ImportError as exc:
-            raise ImportError(
-                "PiCamera2Source needs picamera2, which comes from apt on Raspberry Pi OS: "
-                "sudo apt install python3-picamera2 and create the venv with "
-                "--system-site-packages"
-            ) from exc
+        Picamera2 = import_picamera2()
         try:
             self._camera = Picamera2(camera_num)
         except Exception as exc:  # libcamera reports a missing camera as e.g. IndexError
@@ -203,18 +196,19 @@ class OpenCVSource(FrameStream):
     ) -> None:
         _check_positive("fps", fps)
         self.device = device
-        self._cap = cv2.VideoCapture(device)
+        opencv = import_cv2(f"camera {device!r}")
+        self._cap = opencv.VideoCapture(device)
         if not self._cap.isOpened():
             self._cap.release()
             raise OSError(f"OpenCV cannot open camera {device!r}")
         if width is not None:
-            self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, width)
+            self._cap.set(opencv.CAP_PROP_FRAME_WIDTH, width)
         if height is not None:
-            self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+            self._cap.set(opencv.CAP_PROP_FRAME_HEIGHT, height)
         if fps is not None:
-            self._cap.set(cv2.CAP_PROP_FPS, fps)
+            self._cap.set(opencv.CAP_PROP_FPS, fps)
         # Keep the driver queue short so the door sees the newest frame, not a stale one.
-        self._cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        self._cap.set(opencv.CAP_PROP_BUFFERSIZE, 1)
         self.width, self.height = width, height
         self._period = 1.0 / fps if fps else 0.0
         self._next_due = 0.0
@@ -265,8 +259,9 @@ class VideoFileSource(FrameStream):
         if step < 1:
             raise ValueError(f"step must be at least 1, not {step}")
         _check_positive("fps", fps)
+        self._cv2 = import_cv2(f"video file {self.path}")
         self._cap = self._open()
-        file_fps = self._cap.get(cv2.CAP_PROP_FPS)
+        file_fps = self._cap.get(self._cv2.CAP_PROP_FPS)
         # Some containers report no rate; 30 keeps timestamps plausible.
         self.file_fps = file_fps if math.isfinite(file_fps) and file_fps > 0 else 30.0
         if fps is not None:
@@ -280,7 +275,7 @@ class VideoFileSource(FrameStream):
         self._clock_offset: float | None = None
 
     def _open(self) -> cv2.VideoCapture:
-        cap = cv2.VideoCapture(str(self.path))
+        cap = self._cv2.VideoCapture(str(self.path))
         if not cap.isOpened():
             cap.release()
             raise ValueError(f"OpenCV cannot read video {self.path}")

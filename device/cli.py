@@ -15,6 +15,9 @@
     blindgate-device credentials SUBJECT --badge ID --pin -   # claimed-identity mode: device/claim_cli.py
     blindgate-device claim-source add|list|remove NAME
     blindgate-device claim --source NAME --key-file F (--badge ID | --pin -)
+    blindgate-device access show|disable|enable|group|window ...   # who may enter when: device/access_cli.py
+    blindgate-device export-site --door DOOR --out FILE   # add a door to this site; on it: init --join FILE
+    blindgate-device doors | remove-door DOOR             # several doors per site: device/site_cli.py
 
 Configuration: --config TOML, then BLINDGATE_* environment variables (blindgate.shared.config).
 
@@ -42,8 +45,12 @@ from blindgate.shared.config import ConfigError, DeviceConfig, config_option, lo
 from blindgate.shared.engine import EngineError, generate_site_keys
 from blindgate.shared.errors import BlindgateError
 from blindgate.shared.logs import setup_logging
+from blindgate.shared.os_errors import explain
 from blindgate.shared.protocol import ProtocolError
 
+from .access_cli import add_access_commands
+from .admin_cli import start_admin, via_agent, wants_agent
+from .admin_socket import AdminError
 from .build import build_agent, face_config, open_configured_camera
 from .claim_cli import add_claim_commands, add_claim_options, read_secret
 from .cloud_client import CloudClient, CloudError
@@ -55,10 +62,12 @@ from .faces import FaceAnalyzer, load_image
 from .labels import LabelCipher, LabelError
 from .notify import Notifier
 from .operating_point import CalibrationError, Enrollment, check_decision_config, operating_point
-from .provision import check_cloud_url, confirm_cloud_key, fingerprint, refresh_cloud_key, tls_context
+from .optional_imports import MissingDependency
+from .provision import check_cloud_url, confirm_cloud_key, fingerprint, progress, refresh_cloud_key, step, tls_context
 from .rekey import RekeyError, rekey
 from .sealing import KEY_FILE as TEMPLATE_KEY_FILE
 from .sealing import TemplateSealer
+from .site_cli import add_site_commands, cmd_join
 from .site_state import SiteState
 from .state import CloudLink, DeviceState, StateError
 
@@ -86,6 +95,8 @@ def _client(config: DeviceConfig, state: DeviceState) -> CloudClient:
 
 
 def cmd_init(config: DeviceConfig, args) -> int:
+    if getattr(args, "join", None):  # a further door of an existing site (device/site_cli.py)
+        return cmd_join(config, args)
     check_cloud_url(config.cloud_url, args.cloud_key)  # before any key is made or byte is sent
     state = DeviceState(config.state_dir)
     state.ensure_dir()
@@ -93,25 +104,28 @@ def cmd_init(config: DeviceConfig, args) -> int:
         raise UsageError(f"already registered ({state.cloud_path}); remove the state directory to start over")
     if state.keys_path.exists():
         keys = state.load_keys()
-        print(f"using existing site keys {state.keys_path} (key id {keys.key_id})")
+        progress(f"using existing site keys {state.keys_path} (key id {keys.key_id})")
     else:
-        keys = generate_site_keys()
+        with step("generating the site's CKKS keys"):
+            keys = generate_site_keys()
         state.save_keys(keys)
-        print(f"created site keys {state.keys_path} (key id {keys.key_id})")
+        progress(f"created site keys {state.keys_path} (key id {keys.key_id})")
     if not (state.dir / "label.key").exists():
         LabelCipher.create_key(state.dir)
-        print(f"created label key {state.dir / 'label.key'}")
+        progress(f"created label key {state.dir / 'label.key'}")
     if not (state.dir / TEMPLATE_KEY_FILE).exists():
         TemplateSealer.create_key(state.dir)
-        print(f"created template key {state.dir / TEMPLATE_KEY_FILE}")
+        progress(f"created template key {state.dir / TEMPLATE_KEY_FILE}")
     client = CloudClient(config.cloud_url, config.site, tls=tls_context(config.cloud_ca_file))
     token = args.provision_token or os.environ.get("BLINDGATE_PROVISION_TOKEN") or None
     door_key, created = ensure_door_key(state)
     if created:
-        print(f"created door key {state.door_key_path}")
+        progress(f"created door key {state.door_key_path}")
     door = (config.device_id, public_text(door_key))
+    upload = f"registering with {config.cloud_url}: uploading {len(keys.evaluation_bytes) / 1e6:.1f} MB of evaluation keys"
     try:
-        answer = client.register_site(keys.evaluation_bytes, provision_token=token, door=door)
+        with step(upload):
+            answer = client.register_site(keys.evaluation_bytes, provision_token=token, door=door)
     except CloudError as exc:
         if exc.status != 401:
             raise
@@ -291,11 +305,15 @@ def cmd_run(config: DeviceConfig, args) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     endpoint = start_endpoint(config, agent)  # /metrics, /healthz: None unless [endpoint] enabled
+    admin = None
     try:
+        admin = start_admin(config)  # `--via-agent` commands: None unless RuntimeDirectory= or [admin] socket
         agent.connect()
         with open_configured_camera(config) as camera:
             agent.run(camera, notifier=notifier, max_frames=args.max_frames)
     finally:
+        if admin is not None:
+            admin.stop()
         if endpoint is not None:
             endpoint.stop()
         agent.close()
@@ -318,11 +336,13 @@ def cmd_rotate_door_key(config: DeviceConfig, args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = config_option()
+    common.add_argument("--via-agent", action="store_true", default=argparse.SUPPRESS, help="run it in the running door agent")
     parser = argparse.ArgumentParser(prog="blindgate-device", description="blindgate door device", parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("init", parents=[common], help="create site keys, label and template keys, register with the cloud")
     p.add_argument("--provision-token", help="bearer token the cloud requires to register a site")
     p.add_argument("--cloud-key", help="expected cloud public key (64 hex), to pin it at provisioning")
+    p.add_argument("--join", metavar="FILE", help="join the site of a file from `export-site` (passphrase: prompt or stdin)")
     p = sub.add_parser("enroll", parents=[common], help="enroll a person from images or the camera")
     p.add_argument("name")
     p.add_argument("images", nargs="*")
@@ -358,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="accuracy and cost of encrypted matching on LFW pairs (see evaluate --help)",
     )
     COMMANDS.update(add_claim_commands(sub, common))
+    COMMANDS.update(add_access_commands(sub, common))
+    COMMANDS.update(add_site_commands(sub, common))
     return parser
 
 
@@ -384,9 +406,21 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"blindgate-device: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. a config file only root may read
+        if not getattr(args, "via_agent", False):
+            print(f"blindgate-device: {explain(exc, 'blindgate-device', getattr(args, 'config', None))}", file=sys.stderr)
+            return 1
+        config = DeviceConfig()  # the agent runs it with its own config: only the default socket is needed here
     setup_logging(config.log_level, config.log_format)
+    if wants_agent(config, args):  # a door service's state directory: the agent runs it (device/admin_cli.py)
+        return dispatch(config, args, lambda: via_agent(config, args, argv))
+    return dispatch(config, args)
+
+
+def dispatch(config: DeviceConfig, args, command=None) -> int:
+    """Run `args.command` (or `command`), its errors as one line and exit 1: here, and in the agent for `--via-agent`."""
     try:
-        return COMMANDS[args.command](config, args)
+        return command() if command is not None else COMMANDS[args.command](config, args)
     except (
         UsageError,
         CloudError,
@@ -394,12 +428,16 @@ def main(argv: list[str] | None = None) -> int:
         LabelError,
         EngineError,
         ProtocolError,
-        FileNotFoundError,
         ValueError,
         EndpointError,
         CalibrationError,
+        AdminError,
+        MissingDependency,  # picamera2/OpenCV absent, or a venv whose numpy picamera2 cannot load
     ) as exc:
         print(f"blindgate-device {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. a service's state directory: one line naming the path and the fix
+        print(f"blindgate-device {args.command}: {explain(exc, 'blindgate-device')}", file=sys.stderr)
         return 1
 
 

@@ -123,6 +123,23 @@ class CloudClient:
         path = self._site_path(f"/doors/{urllib.parse.quote(check_name(door, 'door'), safe='')}")
         return self._request("PUT", path, body, {"Content-Type": "application/json"})
 
+    def add_door(self, door: str, public_key: str) -> dict:
+        """A NEW door of this site with its request public key; {"site", "door", "public_key", "token" (its own)}."""
+        body = json.dumps({"public_key": public_key}).encode()
+        path = self._site_path(f"/doors/{urllib.parse.quote(check_name(door, 'door'), safe='')}")
+        answer = self._request("POST", path, body, {"Content-Type": "application/json"})
+        if not isinstance(answer.get("token"), str):
+            raise CloudError(0, "the door answer lacks its 'token'")
+        return answer
+
+    def remove_door(self, door: str) -> dict:
+        """Revoke a door of this site (its token and key); {"site", "door", "removed", "doors"}."""
+        return self._request("DELETE", self._site_path(f"/doors/{urllib.parse.quote(check_name(door, 'door'), safe='')}"))
+
+    def doors(self) -> dict:
+        """{"site", "doors": [{"door", "created", "own_token", "you"}]}"""
+        return self._request("GET", self._site_path("/doors"))
+
     def remove(self, subject: str) -> dict:
         return self._request("DELETE", self._site_path(f"/subjects/{urllib.parse.quote(subject, safe='')}"))
 

@@ -27,6 +27,9 @@ Rules:
 - Lockout: after `lockout_failures` failed attempts (each within `FAILURE_MEMORY_S` of the
   latest, reset by an opening), nothing opens for `lockout_s` (at least 30 s). A recognised
   subject during a lockout produces a "denied" event (at most one per `cooldown_s`).
+- Access rules: a completed run of a subject the rules refuse now (disabled, outside their
+  hours: device/access_rules.py) is a "denied" event with the reason, never an opening; it is
+  no failed attempt (the person is known) and, like a lockout denial, at most one per `cooldown_s`.
 - Fail secure: only a completed run of matches opens; every other path keeps the door locked.
 """
 
@@ -144,18 +147,20 @@ class DecisionEngine:
 
     # -- verdicts -----------------------------------------------------------------------------
 
-    def observe_match(self, subject: str) -> Decision:
+    def observe_match(self, subject: str, refusal: str | None = None) -> Decision:
+        """A confirmed match of `subject`; `refusal` is why the access rules refuse them now (device/access_store.py)."""
         now = self.clock()
         if self._busy(now):
             return Decision(reason="ignored: door open or cooling down")
         if not self._extend_run(subject, now):
             return Decision(reason=f"agreeing frames {len(self._run_times)}/{self.config.frames_required}")
         self._reset_run()
-        if self.locked_out(now):
+        if self.locked_out(now) or refusal:
+            reason = "recognized during lockout" if self.locked_out(now) else f"recognized, {refusal}"
             if now < self._denied_quiet_until:
-                return Decision(reason="denied (locked out), event already sent")
+                return Decision(reason=f"denied ({reason}), event already sent")
             self._denied_quiet_until = now + self.config.cooldown_s
-            return Decision(event=DoorEvent.DENIED, subject=subject, reason="recognized during lockout")
+            return Decision(event=DoorEvent.DENIED, subject=subject, reason=reason)
         self._open_until = now + self.config.open_seconds
         self._failures.clear()
         return Decision(event=DoorEvent.RECOGNIZED, subject=subject, unlock=True, reason="recognized")

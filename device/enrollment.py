@@ -67,7 +67,7 @@ ENROLLMENT_TEMPLATE_BOUND = 0.50
 # same-person pair is a different session, so `expected_true_open` says how often a resident in new
 # conditions (light, glasses, a year older) is recognised, and such misses repeat frame after frame:
 # below 0.8, more than one such visit in five fails. With mean templates at the default target
-# (max_false_open 0.001) it is 0.90 at 10 people, 0.85 at 20, and first falls under 0.8 at 41.
+# (max_false_open 0.001) it is 0.90 at 10 people, 0.85 at 20, and first falls under 0.8 at 48.
 RECOGNITION_FLOOR = 0.8
 FACE_CHOICE_LARGEST = "largest"
 
@@ -168,22 +168,27 @@ def faces_from_photos(
             say(f"skipped {source}: {problem}")
             continue
         found.append(EnrollFace(source, finder.embed(rgb, box), box))
+        say(f"{source}: found a face ({box.width}x{box.height} px)")
     return found
 
 
 def faces_from_frames(
     finder: FaceFinder, frames: Iterable[np.ndarray], wanted: int, patience: int = 20, say: Say = _stderr
 ) -> list[EnrollFace]:
-    """`wanted` good single-face frames (a frame with several faces is skipped: who is enrolling?)."""
+    """`wanted` good single-face frames (several faces: skipped, who enrolls?); says each good one, and why not."""
     found: list[EnrollFace] = []
     for seen, rgb in enumerate(frames, 1):
         boxes = finder.detect(rgb)
+        problem = quality_problem(finder, rgb, boxes[0]) if len(boxes) == 1 else "no face"
         if len(boxes) > 1:
             say(f"skipped frame {seen}: {len(boxes)} faces in view, only the person enrolling may be")
-        elif boxes and quality_problem(finder, rgb, boxes[0]) is None:
+        elif problem is None:
             found.append(EnrollFace(f"frame {seen}", finder.embed(rgb, boxes[0]), boxes[0]))
+            say(f"frame {seen}: good face, {len(found)} of {wanted}")
             if len(found) >= wanted:
                 break
+        elif seen % 10 == 0:
+            say(f"skipped frame {seen}: {problem} ({len(found)} of {wanted} good frames so far)")
         if seen >= wanted * patience:
             break
     if len(found) < wanted:
@@ -349,6 +354,7 @@ def enroll(
 ) -> dict:
     """Check and enroll `faces` as `name` (or add them to the subject `add_to`); the answer for the CLI's JSON."""
     check_one_person(faces)
+    say(f"{len(faces)} face(s) of one person; checking they are not enrolled already (sealed templates from the cloud)")
     gallery = open_gallery(site.client, site.sealer, site.keys.key_id, site.site_state)
     if gallery.unreadable:
         detail = "; ".join(f"{s}: {why}" for s, why in gallery.unreadable.items())
@@ -376,6 +382,7 @@ def enroll(
     if warning:
         say(warning)
 
+    say(f"checked against {len(gallery.opened)} enrolled; encrypting and uploading the template")
     subject = secrets.token_hex(16)  # chosen here, so the sealed template is bound to it
     sealed = site.sealer.seal(subject, site.keys.key_id, template, name, photos=photos)
     enrollment = encrypt_enrollment(site.keys, template)

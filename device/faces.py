@@ -8,24 +8,42 @@ or too blurry are skipped. A poor embedding risks a wrong match; skipping costs 
 the camera's next frame.
 
 `Analyzer` is the seam the agent is typed against; `FaceAnalyzer` is its dlib implementation.
+No OpenCV here: images, resizing and the blur measure come from device/imaging.py (numpy and
+Pillow), so the Pi camera path works with Raspberry Pi OS's numpy.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
+import math
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal, Protocol
 
-import cv2
 import dlib
 import numpy as np
+
+from blindgate.device.imaging import laplacian_variance, resize, to_grey
+from blindgate.device.imaging import load_image as load_image  # re-exported: callers load images from here
 
 EMBEDDING_SIZE = 128
 
 DetectorModel = Literal["hog", "cnn"]
+
+# The narrowest box each detector reports, in pixels of the image it scans, without upsampling
+# (LFW photos shrunk step by step: HOG's 80 px window gives 73 px boxes, dlib's MMOD CNN 80 px);
+# each upsampling step halves it. The detection copy is scaled from this (FaceAnalyzer.detection_scale).
+SMALLEST_BOX_PX: dict[str, int] = {"hog": 73, "cnn": 80}
+# The copy is scaled so that faces down to this fraction of min_face_px are found: box sizes come
+# in pyramid steps of 1.2x, so a face just at the limit may be boxed a step smaller, and a face a
+# little under it is then reported too small rather than not at all (bench/detection.py: 0.85
+# found as many usable faces as the pre-issue-13 setting on the clip, photos and LFW).
+FIND_BELOW_MIN = 0.85
+
+log = logging.getLogger(__name__)
 
 _MODEL_FILES = {
     "landmarks": "shape_predictor_5_face_landmarks.dat",
@@ -49,28 +67,6 @@ def model_path(filename: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"dlib model file {path} is missing: reinstall face-recognition-models")
     return path
-
-
-def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as an (H, W, 3) uint8 RGB array, the layout dlib expects.
-
-    Greyscale, 16-bit and RGBA files (alpha dropped) are converted, so callers never see
-    anything but 3-channel 8-bit RGB.
-    """
-    path = Path(path)
-    data = np.fromfile(path, dtype=np.uint8)  # bytes first: cv2.imread fails on non-ASCII paths
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise ValueError(f"cannot decode image {path}: not an image format OpenCV can read")
-    if image.dtype == np.uint16:
-        image = (image // 256).astype(np.uint8)  # the high byte
-    elif image.dtype != np.uint8:
-        raise ValueError(f"unsupported pixel type {image.dtype} in {path}")
-    if image.ndim == 2 or image.shape[2] == 1:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 @dataclass(frozen=True)
@@ -127,14 +123,19 @@ class FaceConfig:
     # video; the video's out-of-focus faces 7 to 8. Below ~30 a blurred face's embedding has
     # drifted 0.15 to 0.35 from the sharp one.
     min_sharpness: float = 30.0
-    # Detect on a copy downscaled to at most this width (None: full size). HOG time grows with
-    # pixel count, and a door camera's face is large; boxes are mapped back and the embedding
-    # is computed at full resolution. With upsample=1 HOG finds faces down to about 40 px (36 px
-    # measured) in the detection frame: 40 * (frame width / detect_max_width) px in the original.
-    detect_max_width: int | None = 640
-    # Times the detection frame is doubled before detecting (finds smaller faces, ~4x slower
-    # per step). 1 is face_recognition's default.
-    upsample: int = 1
+    # The detector scans a copy scaled so that its smallest box is just under min_face_px (in the
+    # frame's own pixels, FIND_BELOW_MIN): every face the quality check would accept can be found,
+    # and little time goes on smaller ones (HOG: a 1.43x copy). Boxes are mapped back and the
+    # embedding is computed at full resolution. A full-frame copy is at most this wide (None: no
+    # limit), which bounds the cost on large frames but raises the smallest face found there (the
+    # analyzer warns once); regions around a tracked face (device/tracking.py) are always scanned
+    # at the min_face_px scale. 960 leaves a 640 px camera frame uncapped (915 px) and keeps every
+    # face of the ../shared/faces scenes that the pre-issue-13 setting found (800 lost one).
+    detect_max_width: int | None = 960
+    # Times dlib doubles the detection copy before detecting (~4x slower per step); the copy is
+    # shrunk to match, so the smallest face found stays the same. 0 measured faster than 1 for
+    # the same recall (bench/detection.py); face_recognition's default is 1 on an unscaled frame.
+    upsample: int = 0
     # "hog" is fast on a CPU; "cnn" (dlib MMOD) is more robust to pose but far slower without CUDA.
     model: DetectorModel = "hog"
     # Re-sampled random crops averaged into the embedding; 1 like face_recognition (each extra
@@ -209,9 +210,7 @@ def face_sharpness(rgb: np.ndarray, box: FaceBox) -> float:
     crop = rgb[box.top : box.bottom, box.left : box.right]
     if crop.size == 0:
         return 0.0
-    grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
-    grey = cv2.resize(grey, (SHARPNESS_SIZE, SHARPNESS_SIZE), interpolation=cv2.INTER_AREA)
-    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
+    return laplacian_variance(resize(to_grey(crop), SHARPNESS_SIZE, SHARPNESS_SIZE))
 
 
 def face_distance(a: np.ndarray, b: np.ndarray) -> float | np.ndarray:
@@ -249,25 +248,76 @@ class FaceAnalyzer:
             self._cnn = dlib.cnn_face_detection_model_v1(str(model_path(_MODEL_FILES["cnn"])))
         else:
             self._hog = dlib.get_frontal_face_detector()
+        self._warned_widths: set[int] = set()
 
-    def detect(self, rgb: np.ndarray) -> list[FaceBox]:
-        """Every face in the frame, largest first, in the frame's own coordinates."""
+    def detection_scale(self, width: int, region: bool = False) -> float:
+        """Scale of the copy the detector scans: its smallest box is just under ``min_face_px``.
+
+        A full frame's copy is also kept within ``detect_max_width``; a region's is not (it is small).
+        """
+        cfg = self.config
+        scale = SMALLEST_BOX_PX[cfg.model] / 2**cfg.upsample / (FIND_BELOW_MIN * cfg.min_face_px)
+        if not region and cfg.detect_max_width is not None:
+            scale = min(scale, cfg.detect_max_width / width)
+        return scale
+
+    def smallest_face_px(self, width: int) -> int:
+        """The narrowest face (frame pixels) a full-frame pass finds in a frame this wide."""
+        cfg = self.config
+        return math.ceil(SMALLEST_BOX_PX[cfg.model] / 2**cfg.upsample / self.detection_scale(width) - 1e-9)
+
+    def detect(self, rgb: np.ndarray, region: FaceBox | None = None) -> list[FaceBox]:
+        """Every face in the frame, largest first, in the frame's own coordinates.
+
+        With ``region`` (where a face was just seen, device/tracking.py) only that part is
+        scanned, and the whole frame only when the region holds no face.
+        """
         rgb = _as_rgb(rgb)
         height, width = rgb.shape[:2]
-        limit = self.config.detect_max_width
-        scale = 1.0
-        small = rgb
-        if limit is not None and width > limit:
-            scale = limit / width
-            size = (limit, max(1, round(height * scale)))
-            small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        if region is not None:
+            area = region.clipped(height, width)
+            if area.width > 0 and area.height > 0:
+                boxes = self._detect_in(rgb, area, self.detection_scale(area.width, region=True))
+                if boxes:
+                    return boxes
+        if width not in self._warned_widths and self.smallest_face_px(width) > self.config.min_face_px:
+            self._warned_widths.add(width)
+            log.warning(
+                "faces narrower than %d px are not found in %d px wide frames (detect_max_width %s); "
+                "min_face_px is %d: raise detect_max_width or min_face_px, or lower the camera resolution",
+                self.smallest_face_px(width),
+                width,
+                self.config.detect_max_width,
+                self.config.min_face_px,
+            )
+        return self._detect_in(rgb, FaceBox(0, width, height, 0), self.detection_scale(width))
+
+    def _detect_in(self, rgb: np.ndarray, area: FaceBox, scale: float) -> list[FaceBox]:
+        """The faces inside ``area``, scanned on a copy resized by ``scale``, in frame coordinates."""
+        crop = rgb[area.top : area.bottom, area.left : area.right]
+        size = (max(1, round(area.width * scale)), max(1, round(area.height * scale)))
+        if size == (area.width, area.height):
+            small = np.ascontiguousarray(crop)
+        elif scale > 1:  # dlib's bilinear enlargement: 5x faster than numpy's, and only the detector sees it
+            small = dlib.resize_image(np.ascontiguousarray(crop), size[1], size[0])
+        else:
+            small = resize(crop, *size)  # area averaging: shrinking without aliasing
         if self.config.model == "cnn":
             rects = [d.rect for d in self._cnn(small, self.config.upsample)]
         else:
             rects = list(self._hog(small, self.config.upsample))
-        found = (FaceBox(r.top(), r.right(), r.bottom(), r.left()) for r in rects)
-        boxes = [b.scaled(1 / scale).clipped(height, width) for b in found]
-        boxes = [b for b in boxes if b.area > 0]
+        fx, fy = area.width / size[0], area.height / size[1]
+        height, width = rgb.shape[:2]
+        boxes = [
+            FaceBox(
+                area.top + round(r.top() * fy),
+                area.left + round(r.right() * fx),
+                area.top + round(r.bottom() * fy),
+                area.left + round(r.left() * fx),
+            ).clipped(height, width)
+            for r in rects
+        ]
+        boxes = [b for b in boxes if b.width > 0 and b.height > 0]
         return sorted(boxes, key=lambda b: b.area, reverse=True)
 
     def embed(self, rgb: np.ndarray, box: FaceBox) -> np.ndarray:
@@ -277,12 +327,15 @@ class FaceAnalyzer:
         descriptor = self._encoder.compute_face_descriptor(rgb, shape, self.config.num_jitters)
         return np.array(descriptor, dtype=np.float64)
 
-    def analyze(self, rgb: np.ndarray) -> FaceResult | Rejection:
-        """Embed the largest face if it is big and sharp enough; otherwise say why not."""
+    def analyze(self, rgb: np.ndarray, region: FaceBox | None = None) -> FaceResult | Rejection:
+        """Embed the largest face if it is big and sharp enough; otherwise say why not.
+
+        ``region``: scan there first (see `detect`).
+        """
         rgb = _as_rgb(rgb)
         cfg = self.config
         t0 = time.perf_counter()
-        boxes = self.detect(rgb)
+        boxes = self.detect(rgb, region)
         t1 = time.perf_counter()
         detect_ms = (t1 - t0) * 1000
         if not boxes:

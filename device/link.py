@@ -81,6 +81,21 @@ class DeviceTopics:
         return self.leaf("status")
 
     @property
+    def health(self) -> str:
+        """Retained JSON: can the door recognise anyone now (cloud answering, camera delivering; device/health.py)."""
+        return self.leaf("health")
+
+    @property
+    def last_decision(self) -> str:
+        """Retained JSON: the latest door event (event, label, ts, reason); device/activity.py."""
+        return self.leaf("activity/decision")
+
+    @property
+    def last_recognized(self) -> str:
+        """Retained JSON: who was recognised last, and when (label, ts); device/activity.py."""
+        return self.leaf("activity/recognized")
+
+    @property
     def probe(self) -> str:
         return probe_topic(self.site, self.device, self.prefix)
 

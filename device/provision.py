@@ -13,7 +13,11 @@ import ipaddress
 import logging
 import os
 import ssl
+import sys
+import time
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 from blindgate.shared.errors import BlindgateError
@@ -28,6 +32,20 @@ log = logging.getLogger("blindgate.device.provision")
 
 class ProvisionError(BlindgateError, ValueError):
     """`init` refuses to trust this cloud as asked; the message says what to do instead."""
+
+
+def progress(message: str) -> None:
+    """One step of `init` as it happens, on stderr: stdout keeps the result (the cloud key's fingerprint)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def step(what: str) -> Iterator[None]:
+    """Say `what ...` before a slow step (key generation, the upload) and how long it took once it is done."""
+    progress(f"{what} ...")
+    started = time.monotonic()
+    yield
+    progress(f"{what}: done in {time.monotonic() - started:.1f} s")
 
 
 def is_loopback(host: str) -> bool:

@@ -8,6 +8,8 @@
 - `door.key`    this door's Ed25519 request-signing key (PEM); its public half is registered with the cloud;
 - `claim_sources.json` the claim sources (keypad, badge reader, HA) and their AES keys (blindgate.device.claim_sources);
 - `credentials.json` badge ids and PINs as salted scrypt hashes, per subject (blindgate.device.credentials);
+- `access_rules.json` who may enter when: disabled people, groups, time windows (blindgate.device.access_store);
+- `snapshots/`  unknown-face JPEGs, when `[snapshots]` is enabled (blindgate.device.snapshots);
 - `audit.jsonl` the local event history (no images, no scores).
 """
 

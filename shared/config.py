@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import tomllib
 import typing
@@ -23,6 +24,9 @@ if TYPE_CHECKING:  # typeshed-only name: "any dataclass"
     from _typeshed import DataclassInstance
 
 ENV_PREFIX = "BLINDGATE"
+# `BLINDGATE_*` variables the project reads that are not config keys (add any new one here, or
+# every CLI refuses it as a typo): the provision token `blindgate-device init` sends.
+OTHER_ENV_NAMES = frozenset({f"{ENV_PREFIX}_PROVISION_TOKEN"})
 
 
 class ConfigError(BlindgateError, ValueError):
@@ -81,10 +85,11 @@ class CameraConfig:
 @dataclass
 class FaceSettings:
     model: str = "hog"  # or "cnn"
-    upsample: int = 1
-    min_face_px: int = 60
+    upsample: int = 0  # the detection copy is scaled from min_face_px either way (device/faces.py)
+    min_face_px: int = 60  # in the camera frame's pixels, whatever the detection scale
     min_sharpness: float = 30.0
-    detect_max_width: int = 640
+    detect_max_width: int = 960  # full-frame detection copies at most this wide (0: no limit)
+    track_frames: int = 10  # scan around the last face, the whole frame every N frames (0: always whole; device/tracking.py)
 
 
 @dataclass
@@ -138,6 +143,31 @@ class EndpointConfig:
 
 
 @dataclass
+class AccessConfig:
+    """Access rules (device/access_rules.py; managed with `blindgate-device access`)."""
+
+    timezone: str = ""  # IANA name of the door's time zone for access windows, e.g. "Europe/Berlin"; empty = system's
+
+
+@dataclass
+class SnapshotConfig:
+    """Unknown-face snapshots, kept on the device only (device/snapshots.py): off by default."""
+
+    enabled: bool = False
+    folder: str = ""  # empty = <state_dir>/snapshots
+    keep: int = 100  # at most this many files; the oldest go first
+    max_age_days: float = 14.0  # and none older than this
+
+
+@dataclass
+class AdminConfig:
+    """The running agent's admin socket (device/admin_socket.py): how the CLI administers a door service."""
+
+    socket: str = ""  # empty: $RUNTIME_DIRECTORY/admin.sock under systemd (the CLI: /run/blindgate-device/admin.sock)
+    group: str = ""  # group whose members may use it (socket 0660); empty: root and the service only
+
+
+@dataclass
 class DeviceConfig:
     site: str = "home"
     device_id: str = "door1"
@@ -154,6 +184,9 @@ class DeviceConfig:
     decision: DecisionConfig = field(default_factory=DecisionConfig)
     lock: LockConfig = field(default_factory=LockConfig)
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    access: AccessConfig = field(default_factory=AccessConfig)
+    snapshots: SnapshotConfig = field(default_factory=SnapshotConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
 
 
 C = TypeVar("C", bound="DataclassInstance")
@@ -234,7 +267,46 @@ def load_config(cls: type[C], path: str | Path | None = None, env: Mapping[str, 
             raise ConfigError(f"config file {path} not found") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    return _build(cls, data, os.environ if env is None else env, "")
+    env = os.environ if env is None else env
+    check_environment(env)
+    return _build(cls, data, env, "")
+
+
+def env_names(cls: type[DataclassInstance], path: str = "") -> set[str]:
+    """Every `BLINDGATE_*` name that overrides a key of `cls` (as `_build` reads them)."""
+    names = set()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{path}.{f.name}" if path else f.name
+        kind = hints[f.name]
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+            names |= env_names(kind, key)
+        else:
+            names.add(f"{ENV_PREFIX}_{key.replace('.', '_').upper()}")
+    return names
+
+
+def known_env_names() -> frozenset[str]:
+    """The names either side reads: one host may run both, and they share the prefix."""
+    return frozenset(env_names(DeviceConfig) | env_names(CloudConfig) | OTHER_ENV_NAMES)
+
+
+def check_environment(env: Mapping[str, str]) -> None:
+    """A `BLINDGATE_*` variable neither side reads is a typo that would silently leave a default in force."""
+    known = known_env_names()
+    unknown = sorted(name for name in env if name.startswith(f"{ENV_PREFIX}_") and name not in known)
+    if not unknown:
+        return
+    start = len(ENV_PREFIX) + 1  # compare what follows the shared prefix, or everything looks alike
+    tails = {name[start:]: name for name in known}
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name[start:], sorted(tails), n=1, cutoff=0.6)
+        hints.append(f"${name} (did you mean {tails[close[0]]}?)" if close else f"${name}")
+    raise ConfigError(
+        f"unknown environment variable(s) {', '.join(hints)}: neither the door nor the cloud reads "
+        f"{'them' if len(unknown) > 1 else 'it'}; fix the name or unset it (names: the README's configuration reference)"
+    )
 
 
 def to_toml(config: Any) -> str:

@@ -263,3 +263,35 @@ def test_claims_reach_only_their_door_and_only_home_assistant_sends_them(conns):
     assert ha.publish("blindgate/home/door1/claim", b"sealed claim")
     assert a.next_message() == ("blindgate/home/door1/claim", b"sealed claim", False)
     assert a.messages.empty()
+
+
+def test_home_assistant_reads_each_doors_health_and_activity_that_only_the_door_writes(conns):
+    """The topics behind the HA entities (device/health.py, device/activity.py, device/discovery.py)."""
+    ha, a, b = conns("homeassistant"), conns(DOOR_A), conns(DOOR_B)
+    door1 = "blindgate/home/door1"
+    own = (
+        (f"{door1}/health", b'{"state": "offline", "problems": ["cloud"]}'),
+        (f"{door1}/activity/decision", b'{"event": "unknown", "label": null}'),
+        (f"{door1}/activity/recognized", b'{"label": "Alice"}'),
+        ("homeassistant/binary_sensor/home_door1/lock/config", b"{}"),
+        ("homeassistant/lock/home_door1/config", b""),  # clearing the retired lock entity
+    )
+    assert ha.subscribe("blindgate/+/+/health") and ha.subscribe("blindgate/+/+/activity/+")
+    assert ha.subscribe("homeassistant/binary_sensor/#") and ha.subscribe("homeassistant/lock/#")
+    for topic, payload in own:  # positive control: door A writes its own, Home Assistant reads it
+        assert a.publish(topic, payload, retain=True), topic
+        assert ha.next_message() == (topic, payload, False)
+    for topic in (
+        f"{B}/health",
+        f"{B}/activity/decision",
+        f"{B}/activity/recognized",
+        "homeassistant/binary_sensor/home_door2/lock/config",
+    ):
+        assert not a.publish(topic, b"forged", retain=True), topic  # not another door's
+        assert not ha.publish(topic, b"forged", retain=True), topic  # and Home Assistant is no door
+    assert b.publish(f"{B}/health", b'{"state": "online"}', retain=True)  # door B's own still gets through
+    assert ha.next_message() == (f"{B}/health", b'{"state": "online"}', False)
+    assert ha.messages.empty()
+    for topic, _ in own[:4]:  # leave no retained state behind for the other tests
+        assert a.publish(topic, b"", retain=True)
+    assert b.publish(f"{B}/health", b"", retain=True)

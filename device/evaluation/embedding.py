@@ -133,6 +133,7 @@ def face_settings(config, select: str = "largest") -> dict:
         "upsample": config.upsample,
         "num_jitters": config.num_jitters,
         "detect_max_width": config.detect_max_width,
+        "min_face_px": config.min_face_px,  # the detection scale follows it (device/faces.py)
         "selection": select,
         "fallback_box": list(FALLBACK_BOX),
         "dlib": getattr(dlib, "__version__", "?"),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from blindgate.cloud.store import GalleryStore
+from blindgate.cloud.store import GalleryStore, hash_token
 from blindgate.cloud.store_schema import APPLICATION_ID, SCHEMA_VERSION, StoreDatabase, StoreError
 from blindgate.shared.engine.gallery import SlotRef
 
@@ -289,7 +289,7 @@ def test_kill_9_never_loses_or_half_writes_an_enrollment(tmp_path: Path) -> None
     assert version >= sum(when for how, when in plans if how == "after")
 
 
-def test_a_schema_1_store_migrates_to_2_keeping_everything(db_path: Path) -> None:
+def test_a_schema_1_store_migrates_to_the_current_schema_keeping_everything(db_path: Path) -> None:
     # A file as the first release wrote it: schema 1, no `sealed` column, no door or rekey tables.
     db_path.parent.mkdir(parents=True)
     raw = sqlite3.connect(db_path)
@@ -305,11 +305,44 @@ def test_a_schema_1_store_migrates_to_2_keeping_everything(db_path: Path) -> Non
     with GalleryStore(db_path) as store:
         assert [s.subject_id for s in store.subjects("s")] == ["kept"]
         db = store.database.connection
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert "sealed" in {row[1] for row in db.execute("PRAGMA table_info(subject)")}
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert {"door", "rekey", "rekey_subject"} <= tables
 
+
+def test_a_schema_2_store_gives_each_door_the_site_token_and_retires_the_site_s(db_path: Path) -> None:
+    """Schema 2 doors all held the site's token: after the migration each holds it as its own, so removing
+    a door revokes it; a site without doors keeps its token."""
+    db_path.parent.mkdir(parents=True)
+    raw = sqlite3.connect(db_path)
+    raw.executescript(SCHEMA_1)
+    raw.executescript(SCHEMA_2)
+    raw.execute("ALTER TABLE subject ADD COLUMN sealed BLOB NOT NULL DEFAULT x''")
+    raw.execute("INSERT INTO site VALUES ('s', 'k', ?, x'00', 0, 0)", (hash_token("site-token"),))
+    raw.execute("INSERT INTO site VALUES ('bare', 'k', ?, x'00', 0, 0)", (hash_token("bare-token"),))
+    raw.execute("INSERT INTO door (site_id, door_id, public_key, created) VALUES ('s', 'door1', zeroblob(32), 0)")
+    raw.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    raw.execute("PRAGMA user_version = 2")
+    raw.commit()
+    raw.close()
+
+    with GalleryStore(db_path) as store:
+        assert store.check_token("s", "site-token") and store.doors.token_doors("s", "site-token") == ["door1"]
+        assert store.check_token("bare", "bare-token") and store.doors.token_doors("bare", "bare-token") == []
+        store.doors.add("s", "door2", b"\x02" * 32, "door2-token")
+        store.doors.remove("s", "door1")
+        assert not store.check_token("s", "site-token")  # the door held it: revoked with the door
+        assert store.check_token("s", "door2-token")  # positive control
+
+
+SCHEMA_2 = """
+CREATE TABLE door (site_id TEXT NOT NULL REFERENCES site (site_id) ON DELETE CASCADE, door_id TEXT NOT NULL,
+                   public_key BLOB NOT NULL, created REAL NOT NULL, PRIMARY KEY (site_id, door_id));
+CREATE TABLE rekey (site_id TEXT PRIMARY KEY NOT NULL, key_id TEXT NOT NULL, bundle BLOB NOT NULL, created REAL NOT NULL);
+CREATE TABLE rekey_subject (site_id TEXT NOT NULL, subject_id TEXT NOT NULL, label BLOB NOT NULL, enrollment BLOB NOT NULL,
+                            sealed BLOB NOT NULL, PRIMARY KEY (site_id, subject_id));
+"""
 
 SCHEMA_1 = """
 CREATE TABLE site (site_id TEXT PRIMARY KEY NOT NULL, key_id TEXT NOT NULL, token_hash BLOB NOT NULL,

@@ -118,13 +118,14 @@ def test_door_opens_for_enrolled_person_and_relocks(tmp_path, cloud, mqtt_broker
     recognized = [e for e in events if e["event"] == "recognized"]
     assert recognized and all(e["label"] == "Lin-Manuel Miranda" for e in recognized)
     for e in events:
-        assert set(e) == {"event", "label", "ts"}
+        assert set(e) == {"event", "event_type", "label", "ts"} and e["event_type"] == e["event"]
     topics = {t: (p, r) for t, p, r in watcher.messages}
     availability = [p for t, p, _ in watcher.messages if t == "blindgate/home/door1/availability"]
     assert availability[0] == b"online" and availability[-1] == b"offline"
     assert any(t.endswith("/lock") and p == b"UNLOCKED" for t, p, _ in watcher.messages)
-    lock_cfg = json.loads(topics["homeassistant/lock/home_door1/config"][0])
-    assert lock_cfg["unique_id"] and lock_cfg["device"]["identifiers"]
+    lock_cfg = json.loads(topics["homeassistant/binary_sensor/home_door1/lock/config"][0])
+    assert lock_cfg["unique_id"] and lock_cfg["device"]["identifiers"] and lock_cfg["device_class"] == "lock"
+    assert topics["homeassistant/lock/home_door1/config"][0] == b""  # the old lock entity is cleared
     assert "homeassistant/event/home_door1/config" in topics
     # nothing a device publishes is retained except availability, lock state and discovery
     for t, _, retained in watcher.messages:

@@ -84,7 +84,8 @@ def test_availability_lock_state_discovery_and_ha_restart(broker, agent):
         agent.connect(wait=10)
         assert wait_for(lambda: agent.counters.get("retained_ignored", 0) == 1)
         time.sleep(0.3)
-        assert len(watcher.payloads("homeassistant/lock/home_door1/config")) == 1
+        assert len(watcher.payloads("homeassistant/binary_sensor/home_door1/lock/config")) == 1
+        assert watcher.payloads("homeassistant/lock/home_door1/config") == [b""]  # the old lock entity is cleared
         assert watcher.payloads("blindgate/home/door1/availability") == [b"online"]
         assert watcher.payloads("blindgate/home/door1/lock") == [b"LOCKED"]
         # HA restarts (live message): re-publish discovery
@@ -94,7 +95,7 @@ def test_availability_lock_state_discovery_and_ha_restart(broker, agent):
     finally:
         watcher.close()
     # late subscribers see the retained state
-    late = Watcher(broker, ["blindgate/home/door1/availability", "blindgate/home/door1/lock", "homeassistant/lock/#"])
+    late = Watcher(broker, ["blindgate/home/door1/availability", "blindgate/home/door1/lock", "homeassistant/binary_sensor/#"])
     try:
         assert wait_for(lambda: len(late.messages) >= 3)
         assert all(retained for _, _, retained, _ in late.messages)

@@ -180,7 +180,7 @@ def test_positive_control_two_good_replies_open_the_door(agent, world):
     v2, d2 = frame(agent, world, lambda req: [sealed(world, req)])
     assert d2.unlock and agent.lock.pin.state == 1 and not agent.lock.is_locked
     event = agent.link.events()[-1]
-    assert set(event) == {"event", "label", "ts"} and event["event"] == "recognized" and event["label"] == "Alice"
+    assert set(event) == {"event", "event_type", "label", "ts"} and event["event"] == "recognized" and event["label"] == "Alice"
     assert agent.fetches == [1]  # directory fetched once, cached for the same gallery version
     audit = [json.loads(line) for line in (agent.audit.path).read_text().splitlines()]
     assert any(e.get("event") == "recognized" for e in audit)

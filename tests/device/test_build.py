@@ -65,3 +65,27 @@ def test_face_config_follows_the_config():
     config = DeviceConfig(face=FaceSettings(model="cnn", upsample=0, min_face_px=80, min_sharpness=10.0, detect_max_width=0))
     face = face_config(config)
     assert (face.model, face.upsample, face.min_face_px, face.min_sharpness, face.detect_max_width) == ("cnn", 0, 80, 10.0, None)
+
+
+def test_the_door_reads_its_access_rules_and_keeps_snapshots_only_when_asked(tmp_path, keys):
+    from dataclasses import replace
+
+    from blindgate.device.access_rules import AccessRuleError
+    from blindgate.shared.config import AccessConfig, SnapshotConfig
+
+    config = provision(tmp_path, keys)
+    agent = build_agent(config, lock=Lock("GPIO17", pin_factory="mock"), analyzer=NoFaces())
+    try:
+        assert agent.access is not None and agent.access.file.path == tmp_path / "state" / "access_rules.json"
+        assert agent.snapshots is None  # opt-in
+    finally:
+        agent.close()
+    on = replace(config, snapshots=SnapshotConfig(enabled=True, keep=3))
+    agent = build_agent(on, lock=Lock("GPIO17", pin_factory="mock"), analyzer=NoFaces())
+    try:
+        assert agent.snapshots is not None and agent.snapshots.folder == tmp_path / "state" / "snapshots"
+    finally:
+        agent.close()
+    nowhere = replace(config, access=AccessConfig(timezone="Nowhere/Atlantis"))
+    with pytest.raises(AccessRuleError, match="time zone"):
+        build_agent(nowhere, Lock("GPIO17", pin_factory="mock"), NoFaces())

@@ -128,9 +128,10 @@ def test_verify_mode_opens_only_for_the_claimed_face(door, mqtt_broker, cloud, c
     probes = [p for t, p, _ in watcher.messages if t.endswith("/probe")]
     claims = [p for t, p, _ in watcher.messages if t == CLAIM_TOPIC]
     assert probes and len(claims) == 1
-    for topic, payload, _ in watcher.messages:  # the broker never sees the PIN; the name only in the door's own events
+    # the broker never sees the PIN; the name only in the door's own events and their retained copies for HA
+    for topic, payload, _ in watcher.messages:
         assert LIN_PIN.encode() not in payload, topic
-        assert LIN.encode() not in payload or topic.endswith("/event"), topic
+        assert LIN.encode() not in payload or topic.endswith(("/event", "/activity/decision", "/activity/recognized")), topic
     assert all(LIN.encode() not in p and LIN_PIN.encode() not in p for p in probes)  # what the cloud is sent
     assert {decode_probe_request(p).mode for p in probes} == {"verify"}  # never a 1:N probe in verify mode
     for path in [*Path(cloud.state_dir).rglob("*"), Path(cloud.log_path)]:  # nor does the cloud keep one

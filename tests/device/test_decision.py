@@ -258,3 +258,21 @@ def test_a_failed_claim_breaks_an_agreeing_run():
     engine.observe_match("alice")
     engine.observe_failed_claim()
     assert not engine.observe_match("alice").unlock
+
+
+def test_a_refused_match_is_denied_once_per_cooldown_never_opens_and_is_no_failure():
+    engine, clock = make()
+    refused = "access disabled for this person"
+    assert engine.observe_match("alice", refused).event is None  # one frame: not yet a run
+    clock.advance(0.2)
+    d = engine.observe_match("alice", refused)
+    assert d.event == EVENT_DENIED and not d.unlock and d.subject == "alice" and refused in d.reason
+    for _ in range(4):  # the person keeps standing there: no new event within the cooldown
+        clock.advance(0.2)
+        d = engine.observe_match("alice", refused)
+        assert d.event is None and not d.unlock
+    assert not engine.is_open and engine.failures == 0 and not engine.locked_out()
+    clock.advance(3.0)
+    engine.observe_match("alice")
+    clock.advance(0.2)
+    assert engine.observe_match("alice").unlock  # positive control: allowed again, opens at once

@@ -151,7 +151,7 @@ def test_sharpness_barely_depends_on_face_size(faces_dir, analyzer):
 def test_tiny_face_is_rejected_as_too_small(faces_dir, analyzer):
     photo = load_image(faces_dir / "people" / "obama" / "obama-1080p.jpg")
     width = analyzer.detect(photo)[0].width
-    factor = 42 / width  # shrink the face to about 42 px, still findable by HOG with upsample=1
+    factor = 42 / width  # shrink the face to about 42 px: found (a 51 px box, FIND_BELOW_MIN) but too small
     tiny = cv2.resize(photo, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
     result = analyzer.analyze(tiny)
     assert isinstance(result, Rejection) and result.kind == "too_small", result
@@ -184,7 +184,7 @@ def test_timings_cover_each_stage(people):
 def test_downscaled_detection_embeds_like_full_resolution(faces_dir, analyzer):
     photo = load_image(faces_dir / "people" / "obama" / "obama-720p.jpg")
     full = FaceAnalyzer(FaceConfig(detect_max_width=None)).analyze(photo)
-    fast = analyzer.analyze(photo)  # detects on a 640 px wide copy
+    fast = analyzer.analyze(photo)  # detects on a 960 px wide copy
     assert isinstance(full, FaceResult) and isinstance(fast, FaceResult)
     overlap = FaceBox(
         max(full.box.top, fast.box.top),
@@ -194,6 +194,42 @@ def test_downscaled_detection_embeds_like_full_resolution(faces_dir, analyzer):
     )
     assert overlap.area / max(full.box.area, fast.box.area) > 0.7
     assert face_distance(full.embedding, fast.embedding) < 0.1
+
+
+def test_min_face_px_sets_the_detection_scale_in_frame_pixels():
+    # The detection copy is scaled so that the detector's smallest box is just under min_face_px,
+    # whatever the frame size: faces the quality check accepts are always findable.
+    small, big = FaceAnalyzer(FaceConfig(min_face_px=60)), FaceAnalyzer(FaceConfig(min_face_px=120))
+    assert big.detection_scale(640) == pytest.approx(small.detection_scale(640) / 2)
+    for frame_width in (250, 640):
+        assert small.smallest_face_px(frame_width) <= 60 and big.smallest_face_px(frame_width) <= 120
+        assert small.smallest_face_px(frame_width) >= 0.8 * 60
+    up = FaceAnalyzer(FaceConfig(upsample=1))  # dlib doubles the copy: it is made half as large
+    assert up.detection_scale(640) == pytest.approx(small.detection_scale(640) / 2)
+    assert small.detection_scale(5000, region=True) == small.detection_scale(640)  # regions: never capped
+
+
+def test_a_width_cap_that_hides_acceptable_faces_is_warned_once(caplog):
+    analyzer = FaceAnalyzer()  # copies at most 960 px wide
+    assert analyzer.smallest_face_px(1920) > 60  # a 1920 px frame halved: faces under ~150 px are missed
+    assert analyzer.smallest_face_px(640) <= 60
+    with caplog.at_level("WARNING", logger="blindgate.device.faces"):
+        analyzer.detect(np.zeros((1080, 1920, 3), np.uint8))
+        analyzer.detect(np.zeros((1080, 1920, 3), np.uint8))
+        analyzer.detect(np.zeros((480, 640, 3), np.uint8))  # fine at 640: no warning
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "1920 px wide frames" in warnings[0] and "min_face_px is 60" in warnings[0]
+    assert FaceAnalyzer(FaceConfig(detect_max_width=640)).smallest_face_px(640) > 60  # no room at all: 73 px
+
+
+def test_faces_at_the_minimum_size_are_found_and_accepted(faces_dir, analyzer):
+    photo = load_image(faces_dir / "people" / "obama" / "obama-1080p.jpg")
+    width = analyzer.detect(photo)[0].width
+    for target in (62, 70, 80):  # camera-sized frames (under 640 px wide) with faces just above the limit
+        factor = target / width
+        frame = cv2.resize(photo, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+        result = analyzer.analyze(frame)
+        assert isinstance(result, FaceResult), (target, result)
 
 
 def test_cnn_detector_finds_the_same_face(faces_dir, people):

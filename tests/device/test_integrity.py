@@ -241,7 +241,7 @@ def test_signed_minus_norm_forgery_keeps_the_door_locked_and_raises_cloud_integr
     assert agent.counters["cloud_integrity"] == 3
     events = agent.link.events()
     assert [e["event"] for e in events] == ["cloud_integrity"] * 3
-    assert all(set(e) == {"event", "label", "ts"} and e["label"] is None for e in events)
+    assert all(set(e) == {"event", "event_type", "label", "ts"} and e["label"] is None for e in events)
     audit = agent.audit.path.read_text()
     assert "cloud_integrity" in audit and 'distance":' not in audit and "recognized" not in audit
 

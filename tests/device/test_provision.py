@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from blindgate.device.provision import (
     confirm_cloud_key,
     is_loopback,
     refresh_cloud_key,
+    step,
 )
 from blindgate.device.state import CloudLink, DeviceState
 from blindgate.shared.launch import CloudService
@@ -185,6 +187,26 @@ def test_a_swapped_cloud_key_is_refused_and_nothing_is_stored(cloud, tmp_path, m
 def test_without_a_pin_the_loopback_cloud_key_is_taken_as_answered(cloud, tmp_path, monkeypatch, capsys):
     assert _init(tmp_path / "s", cloud.url, "plain-site", monkeypatch) == 0
     assert fingerprint(_real_key(cloud)) in capsys.readouterr().out
+
+
+def test_init_shows_its_progress_on_stderr_and_its_result_on_stdout(cloud, tmp_path, monkeypatch, capsys):
+    assert _init(tmp_path / "s", cloud.url, "progress-site", monkeypatch) == 0
+    out, err = capsys.readouterr()
+    steps = [line.split(" ...")[0].split(":")[0] for line in err.splitlines()]
+    assert steps[:2] == ["generating the site's CKKS keys"] * 2  # announced, then done
+    assert "created site keys" in err and "created door key" in err
+    assert re.search(r"uploading \d+\.\d MB of evaluation keys \.\.\.\n", err)
+    assert re.search(r"uploading \d+\.\d MB of evaluation keys: done in \d+\.\d s", err)
+    assert "created" not in out and fingerprint(_real_key(cloud)) in out
+
+
+def test_a_step_says_done_only_when_it_is(capsys):
+    with step("slow thing"):
+        pass
+    assert re.fullmatch(r"slow thing \.\.\.\nslow thing: done in \d+\.\d s\n", capsys.readouterr().err)
+    with pytest.raises(RuntimeError), step("failing thing"):
+        raise RuntimeError("no")
+    assert capsys.readouterr().err == "failing thing ...\n"
 
 
 # -- rotation of the cloud's reply-signing key ---------------------------------------------------

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from blindgate.shared.config import CloudConfig, ConfigError, DeviceConfig, config_option, load_config, to_toml
+from blindgate.shared.config import (
+    CloudConfig,
+    ConfigError,
+    DeviceConfig,
+    config_option,
+    env_names,
+    known_env_names,
+    load_config,
+    to_toml,
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -115,3 +124,55 @@ def test_config_option_before_or_after_the_sub_command(argv):
     args = parser.parse_args(argv)
     assert args.command == "run"
     assert getattr(args, "config", None) == ("x.toml" if "--config" in argv else None)
+
+
+# -- BLINDGATE_* names neither side knows -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, suggestion",
+    [
+        ("BLINDGATE_MQTT_PROT", "BLINDGATE_MQTT_PORT"),
+        ("BLINDGATE_STATEDIR", "BLINDGATE_STATE_DIR"),
+        ("BLINDGATE_DECISION_THRESHHOLD", "BLINDGATE_DECISION_THRESHOLD"),
+        ("BLINDGATE_PROVISON_TOKEN", "BLINDGATE_PROVISION_TOKEN"),
+    ],
+)
+def test_a_misspelt_variable_is_an_error_suggesting_the_closest_name(name, suggestion):
+    for cls in (DeviceConfig, CloudConfig):
+        with pytest.raises(ConfigError, match=rf"\${name} \(did you mean {suggestion}\?\)"):
+            load_config(cls, env={name: "1"})
+
+
+def test_a_variable_of_either_side_or_a_non_config_one_is_not_an_error():
+    # One host may run both: the door's variables must not break the cloud, and the other way round.
+    both = {"BLINDGATE_LOCK_PIN": "GPIO4", "BLINDGATE_HTTP_PORT": "8700", "BLINDGATE_PROVISION_TOKEN": "t"}
+    assert load_config(CloudConfig, env=both).http_port == 8700
+    assert load_config(DeviceConfig, env=both).lock.pin == "GPIO4"
+    assert "BLINDGATE_MQTT_CA_FILE" in known_env_names() and "BLINDGATE_CAMERA_SOURCE" in known_env_names()
+    assert load_config(DeviceConfig, env={"OTHER_PREFIX_X": "1", "BLINDGATEWAY": "1"}) == DeviceConfig()  # not ours
+
+
+def test_every_config_key_has_its_variable_and_nothing_else_does():
+    names = env_names(DeviceConfig)
+    assert {"BLINDGATE_SITE", "BLINDGATE_MQTT_PORT", "BLINDGATE_DECISION_MAX_FALSE_OPEN"} <= names
+    assert "BLINDGATE_MQTT" not in names and "BLINDGATE_HTTP_PORT" not in names  # a table; the cloud's key
+    unrelated = "BLINDGATE_ZQXJ"
+    with pytest.raises(ConfigError) as refused:
+        load_config(DeviceConfig, env={unrelated: "1"})
+    assert f"${unrelated}:" in str(refused.value) and "did you mean" not in str(refused.value)
+
+
+def test_both_clis_refuse_a_misspelt_variable_with_exit_2(tmp_path, monkeypatch, capsys):
+    from blindgate.cloud.cli import main as cloud_main
+    from blindgate.device.cli import main as device_main
+
+    monkeypatch.setenv("BLINDGATE_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("BLINDGATE_MQTT_HOTS", "broker")
+    assert device_main(["status"]) == 2
+    assert "did you mean BLINDGATE_MQTT_HOST?" in capsys.readouterr().err
+    assert cloud_main(["public-key"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean BLINDGATE_MQTT_HOST?" in err and len(err.splitlines()) == 1
+    monkeypatch.delenv("BLINDGATE_MQTT_HOTS")  # positive control
+    assert cloud_main(["public-key"]) == 0
