@@ -96,6 +96,18 @@ def mean_templates(embeddings: np.ndarray, people: np.ndarray, k: int, draws: in
     return templates.reshape(-1, embeddings.shape[1]), owners
 
 
+def _weighted_shares(distances: np.ndarray, other: np.ndarray, weights: np.ndarray, grid) -> np.ndarray:
+    """(rows, grid): per row, the weighted share of its `other` columns whose distance is within each threshold."""
+    shares = np.zeros((distances.shape[0], len(grid)))
+    for row in range(distances.shape[0]):
+        found, w = distances[row][other[row]], weights[other[row]]
+        if found.size:
+            order = np.argsort(found)
+            cumulative = np.concatenate([[0.0], np.cumsum(w[order])])
+            shares[row] = cumulative[np.searchsorted(found[order], grid, side="right")] / cumulative[-1]
+    return shares
+
+
 def separate_rates(embeddings, people, chosen: list[list[int]], owners: np.ndarray, grid, chunk: int = 512) -> np.ndarray:
     """(probes, grid): each probe's chance that a random OTHER person, enrolled as k separate photos,
     has one of them within each threshold (the nearest of the k decides)."""
@@ -107,12 +119,7 @@ def separate_rates(embeddings, people, chosen: list[list[int]], owners: np.ndarr
     for start in range(0, len(embeddings), chunk):
         nearest = squared_distances(embeddings[start : start + chunk], embeddings[flat]).reshape(-1, len(chosen), k).min(axis=2)
         other = people[start : start + chunk, None] != owners[None, :]
-        for row in range(nearest.shape[0]):
-            distances, w = nearest[row][other[row]], weights[other[row]]
-            if distances.size:
-                order = np.argsort(distances)
-                cumulative = np.concatenate([[0.0], np.cumsum(w[order])])
-                rates[start + row] = cumulative[np.searchsorted(distances[order], grid, side="right")] / cumulative[-1]
+        rates[start : start + chunk] = _weighted_shares(nearest, other, weights, grid)
     return rates
 
 
@@ -128,12 +135,7 @@ def impostor_rates(probes, probe_people, templates, template_people, grid, chunk
     for start in range(0, len(probes), chunk):
         block = squared_distances(probes[start : start + chunk], templates)
         other = probe_people[start : start + chunk, None] != template_people[None, :]
-        for row in range(block.shape[0]):
-            distances, w = block[row][other[row]], weights[other[row]]
-            if distances.size:
-                order = np.argsort(distances)
-                cumulative = np.concatenate([[0.0], np.cumsum(w[order])])
-                rates[start + row] = cumulative[np.searchsorted(distances[order], grid, side="right")] / cumulative[-1]
+        rates[start : start + chunk] = _weighted_shares(block, other, weights, grid)
     return rates
 
 
