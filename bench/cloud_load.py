@@ -41,7 +41,15 @@ from paho.mqtt.properties import Properties  # noqa: E402
 
 from blindgate.cloud.app import DB_NAME, load_or_create_signing_key  # noqa: E402
 from blindgate.cloud.store import GalleryStore, new_subject_id  # noqa: E402
-from blindgate.shared.engine import decode_scan, encrypt_block, encrypt_enrollment, encrypt_probe, generate_site_keys  # noqa: E402
+from blindgate.shared.engine import (  # noqa: E402
+    base_slots,
+    decode_scan,
+    encrypt_block,
+    encrypt_enrollment,
+    encrypt_probe,
+    generate_site_keys,
+    plan_blocks,
+)
 from blindgate.shared.launch import Broker, CloudService, start_broker  # noqa: E402
 from blindgate.shared.protocol import (  # noqa: E402
     encode_probe_request,
@@ -59,21 +67,37 @@ def progress(message: str) -> None:
     print(f"[cloud_load] {message}", file=sys.stderr, flush=True)
 
 
-def build_gallery(state_dir: Path, keys, faces: np.ndarray, doors: dict | None = None) -> None:
-    """Register the site (and `doors`: name -> request-signing key), bulk-import `faces`, 4096 per block."""
-    slots = keys.params.slots
-    with GalleryStore(state_dir / DB_NAME) as store:
+def face_of(params, plan: list[tuple[int, int, int]], ref) -> int:
+    """The index in `faces` of the template `build_gallery` put at `ref` (block, base slot)."""
+    start, _, copies = plan[ref.block]
+    return start + int(np.flatnonzero(base_slots(params, copies) == ref.slot)[0])
+
+
+def build_gallery(location: str | Path, keys, faces: np.ndarray, doors: dict | None = None, enrollments: bool = True) -> None:
+    """Register the site (and `doors`: name -> request-signing key), bulk-import `faces` per `plan_blocks`.
+
+    `location`: the store (SQLite path or PostgreSQL URL). Without `enrollments` each subject row
+    holds a placeholder instead of its enrollment ciphertext (scans never read it; 65,536 real
+    ones would take minutes and 10 GB).
+    """
+    with GalleryStore(location) as store:
         store.create_site(SITE, secrets.token_urlsafe(32), keys.key_id, keys.evaluation_bytes)
         for name, door_key in (doors or {}).items():
             store.doors.put(SITE, name, door_key.public_key().public_bytes_raw())
-        for index, start in enumerate(range(0, len(faces), slots)):
-            chunk = faces[start : start + slots]
-            block = encrypt_block(keys, chunk)
+        for index, (start, end, copies) in enumerate(plan_blocks(keys.params, len(faces))):
+            progress(f"bulk-importing block {index} ({end - start} templates, {copies} copies)")
+            chunk = faces[start:end]
+            slots = base_slots(keys.params, copies)
             subjects = [
-                (new_subject_id(), b"bench-label", slot, encrypt_enrollment(keys, face)) for slot, face in enumerate(chunk)
+                (
+                    new_subject_id(),
+                    b"bench-label",
+                    int(slots[k]),
+                    encrypt_enrollment(keys, face) if enrollments else b"placeholder",
+                )
+                for k, face in enumerate(chunk)
             ]
-            store.import_block(SITE, index, block, subjects)
-    load_or_create_signing_key(state_dir)
+            store.import_block(SITE, index, encrypt_block(keys, chunk, copies=copies), subjects, copies=copies)
 
 
 class Device:
@@ -133,7 +157,9 @@ def main() -> int:
     faces = rng.normal(0, 0.09, (args.gallery, 128))
     started = time.perf_counter()
     door_keys = {f"door{i}": new_signing_key() for i in range(args.devices)}  # each door's request-signing key
-    build_gallery(state_dir, keys, faces, door_keys)
+    build_gallery(state_dir / DB_NAME, keys, faces, door_keys)
+    load_or_create_signing_key(state_dir)
+    plan = plan_blocks(keys.params, args.gallery)
     import_seconds = time.perf_counter() - started
     progress(f"gallery of {args.gallery} imported in {import_seconds:.1f} s")
 
@@ -214,8 +240,9 @@ def main() -> int:
             if reply.status == "ok" and args.check_every and number % args.check_every == 0:
                 checked += 1
                 occupancy = [r.occupancy() for r in reply.results]
-                match = decode_scan(keys, faces[face_index], [r.ciphertext for r in reply.results], occupancy)
-                if match.best is None or match.best.block * keys.params.slots + match.best.slot != face_index:
+                layouts = [r.copies for r in reply.results]
+                match = decode_scan(keys, faces[face_index], [r.ciphertext for r in reply.results], occupancy, layouts)
+                if match.best is None or face_of(keys.params, plan, match.best) != face_index:
                     wrong_match += 1
 
         ok = [lat for status, lat in answered.values() if status == "ok"]
@@ -224,7 +251,8 @@ def main() -> int:
             metrics_text = resp.read().decode()
         result = {
             "gallery": args.gallery,
-            "blocks": math.ceil(args.gallery / keys.params.slots),
+            "blocks": len(plan),
+            "copies": [copies for _, _, copies in plan],
             "devices": args.devices,
             "rate_per_device": args.rate,
             "duration_s": args.duration,

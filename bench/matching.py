@@ -4,10 +4,11 @@ Runs on one core (pinned) and prints one JSON object on stdout; progress goes to
 
     python bench/matching.py                       # sizes 1,100,1000,4096,16384,65536
     python bench/matching.py --sizes 1,4096 --runs 5
+    python bench/matching.py --sizes 65536 --workers 2   # the sharded MatcherPool instead (bench/sharded_scan.py)
 
 Methods timed, per gallery size N:
 - blindgate-scan: this engine's 1:N scan (probe validation, baby steps, every block), the
-  reply being one ciphertext per 4096 templates;
+  reply being one ciphertext per block (4096 / copies templates; `--copies`, "copies" per block);
 - blindgate-verify: this engine's 1:1 verification, times N sequential comparisons (sampled);
 - seed-paper: subtract, square, relinearize, 127 one-slot rotations with an add after each,
   per template (Yang et al. 2021), rebuilt on the same SEAL;
@@ -34,12 +35,14 @@ import tenseal.sealapi as seal  # noqa: E402
 from blindgate.shared.engine import (  # noqa: E402
     Block,
     EvaluationKeys,
+    base_slots,
     decode_scan,
     decode_verify,
     encrypt_block,
     encrypt_enrollment,
     encrypt_probe,
     generate_site_keys,
+    plan_blocks,
     scan_blocks,
     verify,
 )
@@ -86,7 +89,24 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="timed runs per measurement (after a warm-up)")
     parser.add_argument("--sample", type=int, default=3, help="templates timed for per-template methods")
     parser.add_argument("--core", type=int, default=0, help="CPU core to pin to")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="instead: identification through a real MatcherPool sharded over N workers (bench/sharded_scan.py)",
+    )
+    parser.add_argument(
+        "--copies",
+        default="plan",
+        choices=["plan", "1", "2", "4"],
+        help="slots per template: 'plan' = the layouts enrollment gives (engine.copies_for_block), or one for every block",
+    )
     args = parser.parse_args()
+    if args.workers:  # the service's path: store, sharded worker processes, fan-out and merge (no pinning)
+        from sharded_scan import main as sharded_main
+
+        sharded_main(["--sizes", args.sizes, "--workers", str(args.workers), "--runs", str(args.runs)])
+        return
     sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
     if not sizes or min(sizes) < 1:
         parser.error("--sizes takes positive integers, e.g. 1,4096,65536")
@@ -108,31 +128,34 @@ def main() -> None:
     enc_ms, _, probe = timed(lambda: encrypt_probe(keys, x), max(args.runs, 20))
     results.append({"method": "blindgate-encrypt-probe", "gallery": 0, "median_ms": enc_ms, "runs": max(args.runs, 20)})
 
-    # Full blocks shared by every size; the last, partial block of each size is built for it.
-    full_needed = max(sizes) // SLOTS
+    # Blocks per `layout_plan`; full ones are shared by every size, each partial one built for its size.
     templates = rng.normal(0, 0.09, (max(sizes), dim))
-    full_blocks: list[Block] = []
-    for i in range(full_needed):
-        log(f"bulk-importing full block {i + 1}/{full_needed}")
-        full_blocks.append(Block.from_bytes(evk, encrypt_block(keys, templates[i * SLOTS : (i + 1) * SLOTS])))
+    built: dict[tuple[int, int, int], Block] = {}
+
+    def block_for(start: int, end: int, copies: int) -> Block:
+        if (start, end, copies) not in built:
+            log(f"bulk-importing templates {start}..{end - 1} ({copies} copies)")
+            built[start, end, copies] = Block.from_bytes(evk, encrypt_block(keys, templates[start:end], copies=copies))
+        return built[start, end, copies]
 
     reply_bytes = None
     for n in sizes:
-        blocks = full_blocks[: n // SLOTS]
-        if n % SLOTS:
-            log(f"bulk-importing the partial block of gallery {n}")
-            first = (n // SLOTS) * SLOTS
-            blocks = blocks + [Block.from_bytes(evk, encrypt_block(keys, templates[first:n]))]
+        plan = plan_blocks(keys.params, n, None if args.copies == "plan" else int(args.copies))
+        blocks = [block_for(*entry) for entry in plan]
         runs = args.runs if n <= 16384 else max(2, args.runs // 2)
         log(f"scanning gallery of {n} ({len(blocks)} blocks), {runs} runs")
         ms, _, replies = timed(lambda blocks=blocks: scan_blocks(evk, blocks, probe), runs)
         reply_bytes = len(replies[0])
-        match = decode_scan(keys, x, replies, [b.occupied for b in blocks])
+        match = decode_scan(keys, x, replies, [b.occupied for b in blocks], [b.copies for b in blocks])
         expected = np.linalg.norm(templates[:n] - x, axis=1)
-        got = np.concatenate([match.distances[i][blocks[i].occupied] for i in range(len(blocks))])
+        bases = [base_slots(keys.params, b.copies)[: b.count] for b in blocks]
+        got = np.concatenate([match.distances[i][bases[i]] for i in range(len(blocks))])
         err = float(np.max(np.abs(got - expected)))
         max_err = max(max_err, err)
-        same_best = match.best is not None and match.best.block * SLOTS + match.best.slot == int(np.argmin(expected))
+        best_index = None
+        if match.best is not None:
+            best_index = plan[match.best.block][0] + int(np.flatnonzero(bases[match.best.block] == match.best.slot)[0])
+        same_best = best_index == int(np.argmin(expected))
         results.append(
             {
                 "method": "blindgate-scan",
@@ -140,6 +163,7 @@ def main() -> None:
                 "median_ms": ms,
                 "runs": runs,
                 "blocks": len(blocks),
+                "copies": [b.copies for b in blocks],
                 "templates_per_s": n / (ms / 1000),
                 "max_abs_error": err,
                 "best_matches_numpy": same_best,
@@ -234,7 +258,7 @@ def main() -> None:
             "verify_reply_bytes": verify_reply_bytes,
             "evaluation_keys_bytes": len(keys.evaluation_bytes),
             "enrollment_bytes": len(enrollments[0]),
-            "block_bytes": len(full_blocks[0].to_bytes()) if full_blocks else None,
+            "block_bytes_by_copies": {str(c): len(b.to_bytes()) for (_, _, c), b in sorted(built.items())},
             "tenseal_public_context_bytes": len(tctx.serialize(save_secret_key=False)),
         },
         "speedup_vs_seed_paper": speedup,

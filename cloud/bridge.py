@@ -77,6 +77,7 @@ class MQTTBridge:
         site_lookup: SiteLookup,
         metrics: Metrics,
         door_lookup: DoorLookup | None = None,  # without it no door is registered: every probe is refused
+        site_refresh: SiteLookup | None = None,  # re-reads the store: a rekey through another replica
     ) -> None:
         self.config = config
         self.prefix = config.mqtt.topic_prefix
@@ -84,6 +85,7 @@ class MQTTBridge:
         self.pool = pool
         self.signing_key = signing_key
         self.site_lookup = site_lookup
+        self.site_refresh = site_refresh
         self.metrics = metrics
         self.doors = DoorKeys(door_lookup)
         self.seen = SeenRequests()
@@ -247,6 +249,8 @@ class MQTTBridge:
             return
         try:
             record = await self.site_lookup(req.site)
+            if record is not None and record.key_id != req.key_id and self.site_refresh is not None:
+                record = await self.site_refresh(req.site)  # cached before another replica's rekey commit?
             if record is None or record.key_id != req.key_id:  # one text for every not-authentic case: no oracle
                 self.metrics.inc("blindgate_probes_refused_total", reason="not_authentic")
                 reply = error_reply(req, ReplyStatus.ERROR, NOT_AUTHENTIC, self.reply_ttl)

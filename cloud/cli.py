@@ -18,9 +18,12 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from blindgate.shared.config import CloudConfig, ConfigError, config_option, load_config
 from blindgate.shared.errors import BlindgateError
@@ -32,7 +35,10 @@ from blindgate.shared.protocol.cloud_keys import fingerprint
 from .app import DB_NAME, create_app, load_or_create_signing_key
 from .http_guard import serve
 from .key_rotation import activate, rotate
+from .resources import load_signing_key, secret_place, shared_store
 from .store import GalleryStore
+from .store_schema import store_location
+from .store_settings import FileSecrets, SecretPlace
 
 log = logging.getLogger("blindgate.cloud")
 
@@ -60,27 +66,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_public_key(args: argparse.Namespace) -> int:
-    """Print the reply-signing public key (hex), creating the key on first use."""
+def _signing_key(place: SecretPlace, legacy: FileSecrets | None) -> Ed25519PrivateKey:
+    """The reply-signing key from the command's secret place (created on first use)."""
+    if isinstance(place, FileSecrets):
+        return load_or_create_signing_key(place.state_dir)
+    return load_signing_key(place, legacy)
+
+
+@contextmanager
+def _secret_place(args: argparse.Namespace) -> Iterator[tuple[SecretPlace, FileSecrets | None]]:
+    """The cloud's secrets: in the shared PostgreSQL store (opened for the command), else in state_dir.
+
+    Also the state dir whose files a PostgreSQL-backed cloud copies in the first time (else None).
+    """
     config = load_config(CloudConfig, args.config)
     state_dir = Path(config.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = public_key_to_text(load_or_create_signing_key(state_dir).public_key())
+    if not shared_store(config):
+        yield secret_place(config, None), None
+        return
+    with GalleryStore(store_location(config.store_url, state_dir, DB_NAME)) as store:
+        yield secret_place(config, store), FileSecrets(state_dir)
+
+
+def cmd_public_key(args: argparse.Namespace) -> int:
+    """Print the reply-signing public key (hex), creating the key on first use."""
+    with _secret_place(args) as (place, legacy):
+        key = public_key_to_text(_signing_key(place, legacy).public_key())
     print(key)  # alone on stdout, for `--cloud-key $(blindgate-cloud public-key)`
     print(f"fingerprint {fingerprint(key)} (`blindgate-device init` prints it too: compare them)", file=sys.stderr)
     return 0
 
 
-def _rotation_dir(args: argparse.Namespace) -> Path:
-    state_dir = Path(load_config(CloudConfig, args.config).state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return state_dir
-
-
 def cmd_rotate_signing_key(args: argparse.Namespace) -> int:
     """Create the next reply-signing key, endorsed by the current one (served by GET /v1/cloud-key)."""
-    state_dir = _rotation_dir(args)
-    endorsement = rotate(state_dir, load_or_create_signing_key(state_dir))
+    with _secret_place(args) as (place, legacy):
+        endorsement = rotate(place, _signing_key(place, legacy))
     print(endorsement.endorsed)
     print(
         f"next key {fingerprint(endorsement.endorsed)} endorsed by {fingerprint(endorsement.endorser)}; run "
@@ -91,18 +112,19 @@ def cmd_rotate_signing_key(args: argparse.Namespace) -> int:
 
 
 def cmd_activate_signing_key(args: argparse.Namespace) -> int:
-    """Sign with the endorsed next key from now on (restart `serve` to pick it up)."""
-    key = activate(_rotation_dir(args))
+    """Sign with the endorsed next key from now on (restart `serve`, every replica, to pick it up)."""
+    with _secret_place(args) as (place, _):
+        key = activate(place)
     print(key)
-    print(f"now signing with {fingerprint(key)}: restart `blindgate-cloud serve`", file=sys.stderr)
+    print(f"now signing with {fingerprint(key)}: restart `blindgate-cloud serve` (every replica)", file=sys.stderr)
     return 0
 
 
 def cmd_check_store(args: argparse.Namespace) -> int:
     """Integrity check and per-site sizes of the gallery store, as JSON; 1 if anything is wrong."""
     config = load_config(CloudConfig, args.config)
-    path = Path(config.state_dir) / DB_NAME
-    if not path.exists():
+    path = store_location(config.store_url, config.state_dir, DB_NAME)
+    if isinstance(path, Path) and not path.exists():
         print(f"blindgate-cloud: no gallery store at {path}", file=sys.stderr)
         return 1
     with GalleryStore(path) as store:

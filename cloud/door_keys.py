@@ -13,7 +13,7 @@ from aiohttp import web
 from blindgate.shared.protocol import ProtocolError, check_name
 
 from .http_errors import json_error
-from .resources import BRIDGE, METRICS, STORE, in_thread
+from .resources import BRIDGE, METRICS, REPLICA_SYNC, STORE, in_thread
 from .store_doors import PUBLIC_KEY_BYTES
 
 log = logging.getLogger("blindgate.cloud.app")
@@ -68,6 +68,11 @@ def door_key_registered(app: web.Application, site: str, door: str, new: bool) -
 
 
 def forget_door(app: web.Application, site: str, door: str) -> None:
-    """This process' bridge drops its cached key of the door: the next probe is checked against the store."""
+    """This process' bridge drops its cached key of the door, and every other replica's (cloud/replica_sync.py).
+
+    The next probe from that door is checked against the store.
+    """
     if BRIDGE in app:
         app[BRIDGE].doors.forget(site, door)
+    if REPLICA_SYNC in app:
+        app[REPLICA_SYNC].door_changed(site, door)

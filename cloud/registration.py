@@ -6,6 +6,13 @@ pass it to `blindgate-device init`; only `open_registration = true` lets anyone 
 holder is still bounded: at most `max_sites` sites (403 beyond) and `registrations_per_minute`
 registrations per rolling minute, cloud-wide (429 with Retry-After), so a leaked token cannot fill
 the disk or the workers' memory faster than an operator notices.
+
+Several replicas on one PostgreSQL store share all of it: the generated token is a cloud-wide
+secret (cloud/store_settings.py; a single-host cloud's token file is copied in the first time),
+`max_sites` compares with the sites in the database, and the rate counts the registrations the
+database holds from the last minute besides this replica's own attempts. Two replicas admitting
+at the same instant can each pass the last free place, so either cap may be overshot by at most
+one per replica.
 """
 
 from __future__ import annotations
@@ -20,11 +27,18 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from blindgate.shared.config import CloudConfig
 from blindgate.shared.errors import BlindgateError
+
+from .store_settings import PROVISION_TOKEN, CloudSettings, FileSecrets, SecretPlace
+
+if TYPE_CHECKING:
+    from .store import GalleryStore
+    from .store_schema import StoreDatabase
 
 log = logging.getLogger("blindgate.cloud.app")
 
@@ -72,27 +86,85 @@ def load_or_create_provision_token(state_dir: Path) -> str:
     return token
 
 
+def shared_provision_token(place: SecretPlace, legacy: FileSecrets | None = None) -> str:
+    """The cloud-wide generated provision token in the shared store, created by the first replica to start.
+
+    `legacy`: a state dir whose token file (a single-host install's) is copied in instead of a new token.
+    """
+    made: list[bytes] = []
+
+    def make() -> bytes:
+        existing = (legacy.get(PROVISION_TOKEN) or b"").strip() if legacy is not None else b""
+        made.append(existing or secrets.token_hex(32).encode())  # hex: never an option-like leading '-'
+        return made[0]
+
+    token = place.get_or_create(PROVISION_TOKEN, make).decode().strip()
+    if not token:
+        raise ProvisionTokenError("the store's provision token is empty: delete it (table cloud_secret) to have a new one")
+    if made and made[0].decode() == token:
+        log.warning(
+            "stored the cloud's provision token in the gallery store: doors register with it",
+            extra={"token": token, "how": "blindgate-device init --provision-token <token> (or BLINDGATE_PROVISION_TOKEN)"},
+        )
+    return token
+
+
+def registered_since(database: StoreDatabase, since: float) -> int:
+    """How many sites the store holds that were registered after `since` (Unix time), by any replica."""
+    with database.read() as db:
+        return int(db.execute("SELECT count(*) FROM site WHERE created > ?", (since,)).fetchone()[0])
+
+
 class RegistrationGate:
     """The registration route's checks before it reads a bundle: token, rate, then site count."""
 
-    def __init__(self, token: str | None, max_sites: int, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        token: str | None,
+        max_sites: int,
+        per_minute: int,
+        clock: Callable[[], float] = time.monotonic,
+        cloud_recent: Callable[[float], int] | None = None,
+    ) -> None:
         self.token = token  # None: open registration (an explicit opt-in)
         self.max_sites = max(0, int(max_sites))
         self.per_minute = max(0, int(per_minute))
         self._now = clock
         self._recent: deque[float] = deque()
+        # registrations every replica committed in the last `seconds` (shared store); None: one process
+        self.cloud_recent = cloud_recent
 
     @classmethod
-    def for_config(cls, config: CloudConfig, state_dir: Path) -> RegistrationGate:
-        """The configured token; else the generated one, unless registration is explicitly open."""
+    def for_config(
+        cls,
+        config: CloudConfig,
+        place: SecretPlace | Path,
+        store: GalleryStore | None = None,
+        legacy: FileSecrets | None = None,
+    ) -> RegistrationGate:
+        """The configured token; else the generated one (from `place`), unless registration is explicitly open.
+
+        `store`: count recent registrations cloud-wide in it (replicas sharing a PostgreSQL store).
+        """
+        if isinstance(place, Path):
+            place = FileSecrets(place)
         if config.provision_token:
             token: str | None = config.provision_token
         elif config.open_registration:
             log.warning("open_registration is set: anyone who reaches the API can register a site")
             token = None
+        elif isinstance(place, FileSecrets):
+            token = load_or_create_provision_token(place.state_dir)
         else:
-            token = load_or_create_provision_token(state_dir)
-        return cls(token, config.max_sites, config.registrations_per_minute)
+            token = shared_provision_token(place, legacy)
+        recent = None
+        if store is not None and isinstance(place, CloudSettings):
+            database = store.database
+
+            def recent(seconds: float) -> int:
+                return registered_since(database, time.time() - seconds)
+
+        return cls(token, config.max_sites, config.registrations_per_minute, cloud_recent=recent)
 
     def authorize(self, offered: str | None) -> None:
         """401 unless registration is open or `offered` is the provision token (constant time)."""
@@ -107,11 +179,15 @@ class RegistrationGate:
             )
 
     def admit(self) -> None:
-        """429 once `per_minute` registrations were attempted in the last minute; else counts this one."""
+        """429 once `per_minute` registrations were attempted here, or committed cloud-wide, in the last minute.
+
+        Else counts this attempt.
+        """
         now = self._now()
         while self._recent and now - self._recent[0] >= WINDOW_S:
             self._recent.popleft()
-        if len(self._recent) >= self.per_minute:
+        cloud_wide = self.cloud_recent(WINDOW_S) if self.cloud_recent is not None else 0
+        if len(self._recent) >= self.per_minute or cloud_wide >= self.per_minute:
             wait = math.ceil(WINDOW_S - (now - self._recent[0])) if self._recent else int(WINDOW_S)
             message = f"more than {self.per_minute} site registrations in a minute (registrations_per_minute); retry in {wait} s"
             raise _refusal(web.HTTPTooManyRequests, message, Retry_After=str(max(1, wait)))

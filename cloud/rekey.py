@@ -116,10 +116,11 @@ async def commit_rekey(request: web.Request) -> web.Response:
         if expected is not None and record.version != expected:
             raise json_error(409, f"site {site!r} gallery is at version {record.version}, not {expected}: run the rekey again")
         try:
-            placements, blocks = await app[POOL].prepare_rekey(site, key_id)
-            version = await in_thread(
-                functools.partial(app[STORE].rekey.commit, site, key_id, placements, blocks, expected_version=record.version)
+            placements, blocks, layouts = await app[POOL].prepare_rekey(site, key_id)
+            commit = functools.partial(
+                app[STORE].rekey.commit, site, key_id, placements, blocks, expected_version=record.version, layouts=layouts
             )
+            version = await in_thread(commit)  # the new blocks are snapshots at this version, with no log rows
         except MatchError as exc:
             raise match_error(exc) from None
         except StoreConflict as exc:
@@ -127,6 +128,7 @@ async def commit_rekey(request: web.Request) -> web.Response:
         except UnknownSite as exc:
             raise json_error(404, str(exc)) from None
         await refresh_site(app, site)
+    app[POOL].prewarm(site)  # every shard loads its new blocks now, not on the next probe
     app[METRICS].inc("blindgate_rekeys_total")
     seconds = round(time.perf_counter() - started, 3)
     log.info(

@@ -43,6 +43,10 @@ class DoorKeys:
         """Drop a cached key (it was just replaced)."""
         self._cache.pop((site, door), None)
 
+    def forget_all(self) -> None:
+        """Drop every cached key (changes from other replicas may have been missed)."""
+        self._cache.clear()
+
     async def authentic(self, req: ProbeRequest) -> bool:
         """Whether the key registered for the request's door signed it (re-reading the key once on failure)."""
         where = (req.site, req.device)

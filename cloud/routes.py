@@ -16,7 +16,7 @@ import functools
 import logging
 import secrets
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -34,6 +34,7 @@ from .resources import (
     CONFIG,
     METRICS,
     POOL,
+    SECRETS,
     SIGNING_KEY,
     SITE_LOCKS,
     STARTED,
@@ -43,12 +44,16 @@ from .resources import (
     lookup_site,
     refresh_site,
 )
+from .snapshots import SnapshotScheduler
 from .store import SiteRecord, StoreConflict, UnknownSite, UnknownSubject, new_subject_id
+from .store_log import Committed
 from .subject_headers import requested_subject, sealed_template
 
 log = logging.getLogger("blindgate.cloud.app")
 
 READ_CHUNK = 64 * 1024
+COMMIT_ATTEMPTS = 3  # a logged enrollment/removal refused as a conflict is retried this often in all
+SNAPSHOTS = web.AppKey("snapshots", SnapshotScheduler)
 
 
 async def read_body(request: web.Request, limit: int, what: str) -> bytes:
@@ -108,6 +113,7 @@ async def current_site(request: web.Request, site: str) -> SiteRecord:
 
 def add_routes(app: web.Application) -> None:
     """Register every endpoint of the API on `app`."""
+    app[SNAPSHOTS] = SnapshotScheduler(app[CONFIG].snapshot_every)
     app.router.add_post("/v1/sites/{site}", register_site)
     app.router.add_post("/v1/sites/{site}/subjects", enroll_subject)
     app.router.add_get("/v1/sites/{site}/subjects", list_subjects)
@@ -162,6 +168,25 @@ async def register_site(request: web.Request) -> web.Response:
     )
 
 
+async def _with_retries(commit: Callable[[], Committed]) -> Committed:
+    """Run a logged gallery change in a thread; a StoreConflict (another replica raced us) is retried, then 409."""
+    for attempt in range(COMMIT_ATTEMPTS):
+        try:
+            return await in_thread(commit)
+        except StoreConflict as exc:
+            if attempt + 1 == COMMIT_ATTEMPTS:
+                raise json_error(409, f"{exc}; retry") from None
+        except UnknownSite as exc:
+            raise json_error(404, str(exc)) from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _after_change(app: web.Application, site: str, committed: Committed) -> None:
+    """After a logged change: the workers catch up now (not on the next probe); snapshot the block if its log is long."""
+    app[POOL].prewarm(site)
+    app[SNAPSHOTS].after_commit(app[POOL], app[STORE], site, committed.ref.block, committed.version, committed.pending)
+
+
 async def enroll_subject(request: web.Request) -> web.Response:
     """POST /v1/sites/{site}/subjects: add one enrollment ciphertext to the gallery, with its encrypted label."""
     app = request.app
@@ -184,31 +209,26 @@ async def enroll_subject(request: web.Request) -> web.Response:
     started = time.perf_counter()
     async with app[SITE_LOCKS][site]:
         record = await current_site(request, site)
-        try:
-            base, ref, block = await app[POOL].prepare_enrollment(site, enrollment, record.version)
+        try:  # parse only: the enrollment is logged, no block is computed or written (cloud/store_log.py)
+            check = await app[POOL].check_enrollment(site, enrollment, record.version)
         except MatchError as exc:
             raise match_error(exc) from None
         subject = chosen or new_subject_id()
-        try:
-            version = await in_thread(
-                functools.partial(
-                    app[STORE].commit_enrollment,
-                    site,
-                    subject,
-                    label,
-                    ref,
-                    enrollment,
-                    ref.block,
-                    block,
-                    expected_version=base,
-                    sealed=sealed,
-                )
-            )
-        except StoreConflict as exc:
-            raise json_error(409, f"{exc}; retry") from None
-        except UnknownSite as exc:
-            raise json_error(404, str(exc)) from None
+        enroll = functools.partial(
+            app[STORE].log.enroll,
+            site,
+            subject,
+            label,
+            enrollment,
+            key_id=check.key_id,
+            params=check.params,
+            empty_blocks=check.empty_blocks,
+            sealed=sealed,
+        )
+        committed = await _with_retries(enroll)
         await refresh_site(app, site)
+    _after_change(app, site, committed)
+    ref, version = committed.ref, committed.version
     app[SUBJECT_COUNTS][site] = app[SUBJECT_COUNTS].get(site, 0) + 1
     app[METRICS].inc("blindgate_enrollments_total")
     app[METRICS].observe_enroll(time.perf_counter() - started)
@@ -252,19 +272,13 @@ async def remove_subject(request: web.Request) -> web.Response:
     subject = request.match_info["subject"]
     await authorize_site(request, site)
     async with app[SITE_LOCKS][site]:
-        record = await current_site(request, site)
-        try:
-            base, index, block = await app[POOL].prepare_removal(site, subject, record.version)
-            version = await in_thread(
-                functools.partial(app[STORE].commit_removal, site, subject, index, block, expected_version=base)
-            )
-        except MatchError as exc:
-            raise match_error(exc) from None
+        try:  # logged with the subject's enrollment ciphertext; the worker subtracts it when it catches up
+            committed = await _with_retries(functools.partial(app[STORE].log.remove, site, subject))
         except UnknownSubject as exc:
             raise json_error(404, str(exc)) from None
-        except StoreConflict as exc:
-            raise json_error(409, f"{exc}; retry") from None
         await refresh_site(app, site)
+    _after_change(app, site, committed)
+    version = committed.version
     app[SUBJECT_COUNTS][site] = max(0, app[SUBJECT_COUNTS].get(site, 1) - 1)
     app[METRICS].inc("blindgate_removals_total")
     log.info("subject removed", extra={"site": site, "subject": subject, "gallery_version": version})
@@ -308,7 +322,7 @@ async def site_stats(request: web.Request) -> web.Response:
 async def cloud_key(request: web.Request) -> web.Response:
     """GET /v1/cloud-key: the public key devices verify replies with, and a rotation's endorsement if any."""
     app = request.app
-    return web.json_response(await in_thread(published, Path(app[CONFIG].state_dir), app[SIGNING_KEY]))
+    return web.json_response(await in_thread(published, app[SECRETS], app[SIGNING_KEY]))
 
 
 async def healthz(request: web.Request) -> web.Response:

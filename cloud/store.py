@@ -1,4 +1,4 @@
-"""The durable gallery store: each site's encrypted gallery, in one SQLite file.
+"""The durable gallery store: each site's encrypted gallery, in SQLite (embedded) or PostgreSQL (shared).
 
 Pure persistence. The store keeps the bytes the engine produces (evaluation bundles, gallery
 blocks, enrollment ciphertexts) and the device's encrypted subject labels, all as opaque blobs;
@@ -7,13 +7,17 @@ service validates a bundle with `EvaluationKeys.from_bytes` (which rejects a sec
 `create_site`, and access tokens are kept only as hashes.
 
 This module holds the operations (sites and tokens, gallery blocks, subjects, health); the file
-itself (schema, pragmas, transactions, errors) is store_schema.py and the records it returns are
-store_records.py. Every change that matters is one transaction: an enrollment writes the subject
-row, the block it updated and the bumped gallery version together, or not at all. A failed commit
-(slot taken, unknown site, ...) rolls back and leaves everything stored before it untouched.
-Calls are thread-safe and serialized (the aiohttp service runs them in a thread executor).
+itself (backends, schema, migrations, transactions, errors) is store_schema.py and the records it
+returns are store_records.py; the SQL here is written once for both backends. Every change that
+matters is one transaction: an enrollment writes the subject row, the block it updated and the
+bumped gallery version together, or not at all. A failed commit (slot taken, unknown site, ...)
+rolls back and leaves everything stored before it untouched.
+Calls are thread-safe and serialized (the aiohttp service runs them in a thread executor). On
+PostgreSQL several replicas write at once: each gallery change locks its site row first
+(`require_site(..., for_update=True)`), so changes to one site serialize across processes, and
+announces its new version to the other replicas (store_notify.py).
 
-    with GalleryStore(state_dir / "gallery.db") as store:
+    with GalleryStore(state_dir / "gallery.db") as store:   # or GalleryStore("postgresql://...")
         store.create_site(site_id, token, keys.key_id, keys.to_bytes())
         version = store.commit_enrollment(site_id, new_subject_id(), label, ref, enrollment,
                                           ref.block, gallery.blocks[ref.block].to_bytes())
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import hmac
 import secrets
-import sqlite3
 import time
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +34,8 @@ from types import TracebackType
 from blindgate.shared.engine.gallery import SlotRef
 
 from .store_doors import DoorStore, check_door, insert_door
+from .store_log import GalleryLog, replace_block_log
+from .store_notify import notify_change
 from .store_records import (
     GallerySnapshot,
     SiteRecord,
@@ -42,7 +47,17 @@ from .store_records import (
     require_text,
 )
 from .store_rekey import RekeyStore
-from .store_schema import SCHEMA_VERSION, StoreConflict, StoreDatabase, StoreError, UnknownSite, UnknownSubject
+from .store_schema import (
+    SCHEMA_VERSION,
+    Dialect,
+    Session,
+    StoreConflict,
+    StoreError,
+    StoreIntegrityError,
+    UnknownSite,
+    UnknownSubject,
+    open_database,
+)
 from .store_sealed import sealed_template
 
 __all__ = [
@@ -52,6 +67,7 @@ __all__ = [
     "SiteRecord",
     "StoreConflict",
     "StoreError",
+    "StoreIntegrityError",
     "SubjectRecord",
     "UnknownSite",
     "UnknownSubject",
@@ -64,17 +80,24 @@ _SUBJECT_COLUMNS = "subject_id, label, block, slot, created"
 SubjectRow = tuple[str, bytes, int, int, float]
 
 
-def require_site(db: sqlite3.Connection, site_id: str) -> int:
-    """The site's current gallery version; UnknownSite if it is not registered."""
-    row = db.execute("SELECT version FROM site WHERE site_id = ?", (site_id,)).fetchone()
+def require_site(db: Session, site_id: str, *, for_update: bool = False) -> int:
+    """The site's current gallery version; UnknownSite if it is not registered.
+
+    `for_update` (in a write transaction, before changing the gallery): on PostgreSQL, lock the
+    site row until commit, so concurrent changes to the site from other replicas wait and then
+    read the version this one commits. SQLite's BEGIN IMMEDIATE already serializes writers.
+    """
+    lock = " FOR UPDATE" if for_update and db.dialect is Dialect.POSTGRESQL else ""
+    row = db.execute(f"SELECT version FROM site WHERE site_id = ?{lock}", (site_id,)).fetchone()
     if row is None:
         raise UnknownSite(f"no site {site_id!r} is registered")
     return int(row[0])
 
 
-def bump_version(db: sqlite3.Connection, site_id: str, version: int) -> int:
-    """Set the site's gallery version to `version + 1`: the last step of every gallery change."""
+def bump_version(db: Session, site_id: str, version: int) -> int:
+    """Set the site's gallery version to `version + 1` and announce it: the last step of every gallery change."""
     db.execute("UPDATE site SET version = ? WHERE site_id = ?", (version + 1, site_id))
+    notify_change(db, site_id, version + 1)
     return version + 1
 
 
@@ -86,14 +109,24 @@ def check_version(site_id: str, version: int, expected_version: int | None) -> N
         )
 
 
-def put_block(db: sqlite3.Connection, site_id: str, block_index: int, block: bytes) -> None:
-    """Insert or replace one block; StoreConflict if it would leave a gap in the indexes."""
+def put_block(db: Session, site_id: str, block_index: int, block: bytes, *, version: int = 0, copies: int | None = None) -> None:
+    """Insert or replace one block; StoreConflict if it would leave a gap in the indexes.
+
+    `version`: the gallery version the block reflects (the one being committed). `copies`: the
+    block's layout (each template occupies `copies` slots; the store never parses blocks);
+    None keeps a stored block's layout, or 1 for a new block.
+    """
     count = db.execute("SELECT count(*) FROM block WHERE site_id = ?", (site_id,)).fetchone()[0]
     if block_index > count:
         raise StoreConflict(f"site {site_id!r} has {count} blocks: block {block_index} would leave a gap (next is {count})")
+    if copies is not None and (isinstance(copies, bool) or not isinstance(copies, int) or copies < 1):
+        raise ValueError(f"copies must be a positive integer, got {copies!r}")
+    keep = "block.copies" if copies is None else "excluded.copies"
+    replace_block_log(db, site_id, block_index)  # the whole block replaces its snapshot and log (store_log.py)
     db.execute(
-        "INSERT INTO block (site_id, idx, data) VALUES (?, ?, ?) ON CONFLICT (site_id, idx) DO UPDATE SET data = excluded.data",
-        (site_id, block_index, block),
+        "INSERT INTO block (site_id, idx, data, version, copies) VALUES (?, ?, ?, ?, ?) "
+        f"ON CONFLICT (site_id, idx) DO UPDATE SET data = excluded.data, version = excluded.version, copies = {keep}",
+        (site_id, block_index, block, version, 1 if copies is None else copies),
     )
 
 
@@ -103,18 +136,23 @@ def _subject(row: SubjectRow) -> SubjectRecord:
 
 
 class GalleryStore:
-    """Sites, their encrypted gallery blocks and enrolled subjects, durably, in one SQLite file.
+    """Sites, their encrypted gallery blocks and enrolled subjects, durably, in SQLite or PostgreSQL.
 
     Thread-safe: one connection behind a lock (store_schema.StoreDatabase). Use as a context
     manager or call `close`.
     """
 
-    def __init__(self, path: Path | str, readonly: bool = False) -> None:
-        """Open (creating if needed) the store; `readonly` opens an existing one for readers such as matcher workers."""
-        self.database = StoreDatabase(path, readonly=readonly)
-        self.path = self.database.path
+    def __init__(self, location: Path | str, readonly: bool = False) -> None:
+        """Open (creating or migrating if needed) the store at a file path, ``sqlite:///path`` or ``postgresql://...``.
+
+        `readonly` opens an existing store for readers such as matcher workers.
+        """
+        self.database = open_database(location, readonly=readonly)
+        self.path: Path | None = getattr(self.database, "path", None)  # the SQLite file; None on PostgreSQL
+        self.location = self.database.name  # for messages: no password
         self.rekey = RekeyStore(self.database)  # key renewal: stage, then switch over atomically
         self.doors = DoorStore(self.database)  # each door's request-signing key (cloud/store_doors.py)
+        self.log = GalleryLog(self.database)  # enrollments and removals as log rows on block snapshots (store_log.py)
         self.readonly = readonly
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -152,7 +190,7 @@ class GalleryStore:
                     "INSERT INTO site (site_id, key_id, token_hash, bundle, version, created) VALUES (?, ?, ?, ?, 0, ?)",
                     (site_id, key_id, secrets.token_bytes(32) if door else token_hash, bundle, time.time()),
                 )
-            except sqlite3.IntegrityError:
+            except StoreIntegrityError:
                 raise StoreConflict(f"site {site_id!r} is already registered") from None
             if door is not None:
                 insert_door(db, site_id, door[0], door[1], token_hash)
@@ -165,7 +203,7 @@ class GalleryStore:
     def sites(self) -> list[SiteRecord]:
         """Every registered site, oldest first (the service loads them all at startup)."""
         with self.database.read() as db:
-            rows = db.execute("SELECT site_id, key_id, version, created FROM site ORDER BY rowid").fetchall()
+            rows = db.execute("SELECT site_id, key_id, version, created FROM site ORDER BY created, site_id").fetchall()
         return [SiteRecord(*row) for row in rows]
 
     def bundle(self, site_id: str) -> bytes:
@@ -203,6 +241,13 @@ class GalleryStore:
         if [idx for idx, _ in rows] != list(range(len(rows))):
             raise StoreError(f"site {site_id!r}: gallery block indexes {[idx for idx, _ in rows]} have gaps")
         return [bytes(data) for _, data in rows]
+
+    def block_layouts(self, site_id: str) -> list[int]:
+        """Each block's layout in index order: how many slots one template occupies (block.copies)."""
+        with self.database.read() as db:
+            require_site(db, site_id)
+            rows = db.execute("SELECT copies FROM block WHERE site_id = ? ORDER BY idx", (site_id,)).fetchall()
+        return [int(copies) for (copies,) in rows]
 
     def block(self, site_id: str, block_index: int) -> bytes | None:
         """One gallery block, or None when the index is past the last block."""
@@ -261,7 +306,7 @@ class GalleryStore:
         if ref.block != block_index:
             raise ValueError(f"slot {ref} is not in block {block_index}, the block being written")
         with self.database.write() as db:
-            version = require_site(db, site_id)
+            version = require_site(db, site_id, for_update=True)
             check_version(site_id, version, expected_version)
             taken = db.execute(
                 "SELECT subject_id FROM subject WHERE site_id = ? AND block = ? AND slot = ?",
@@ -271,14 +316,14 @@ class GalleryStore:
                 raise StoreConflict(f"slot {ref.block}:{ref.slot} of site {site_id!r} already holds a subject")
             if db.execute("SELECT 1 FROM subject WHERE site_id = ? AND subject_id = ?", (site_id, subject_id)).fetchone():
                 raise StoreConflict(f"subject {subject_id!r} is already enrolled at site {site_id!r}")
-            put_block(db, site_id, block_index, block)
+            put_block(db, site_id, block_index, block, version=version + 1)
             try:
                 db.execute(
                     "INSERT INTO subject (site_id, subject_id, label, block, slot, enrollment, created, sealed) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (site_id, subject_id, label, ref.block, ref.slot, enrollment, time.time(), require_bytes(sealed, "sealed")),
                 )
-            except sqlite3.IntegrityError as exc:  # the checks above make this a race we lost
+            except StoreIntegrityError as exc:  # the checks above make this a race we lost
                 raise StoreConflict(f"cannot enroll {subject_id!r} at site {site_id!r}: {exc}") from None
             return bump_version(db, site_id, version)
 
@@ -295,7 +340,7 @@ class GalleryStore:
         block = require_bytes(block, "gallery block")
         block_index = require_index(block_index, "block index")
         with self.database.write() as db:
-            version = require_site(db, site_id)
+            version = require_site(db, site_id, for_update=True)
             check_version(site_id, version, expected_version)
             row = db.execute("SELECT block FROM subject WHERE site_id = ? AND subject_id = ?", (site_id, subject_id)).fetchone()
             if row is None:
@@ -305,7 +350,7 @@ class GalleryStore:
                     f"subject {subject_id!r} is in block {row[0]}, not block {block_index}: refusing to overwrite it"
                 )
             db.execute("DELETE FROM subject WHERE site_id = ? AND subject_id = ?", (site_id, subject_id))
-            put_block(db, site_id, block_index, block)
+            put_block(db, site_id, block_index, block, version=version + 1)
             return bump_version(db, site_id, version)
 
     def import_block(
@@ -316,11 +361,13 @@ class GalleryStore:
         subjects: list[tuple[str, bytes, int, bytes]],
         *,
         expected_version: int | None = None,
+        copies: int = 1,
     ) -> int:
         """Bulk import: store one whole block (e.g. from `engine.encrypt_block`) and its subjects.
 
         `subjects` lists (subject id, label, slot, enrollment ciphertext) for every template in
-        the block; the block index must be new (the next one). One transaction, one version bump.
+        the block; the block index must be new (the next one); `copies` is the block's layout
+        (slots per template, stored in block.copies). One transaction, one version bump.
         Returns the new gallery version. StoreConflict if the block exists or an id is taken.
         """
         block = require_bytes(block, "gallery block")
@@ -340,18 +387,18 @@ class GalleryStore:
                 )
             )
         with self.database.write() as db:
-            version = require_site(db, site_id)
+            version = require_site(db, site_id, for_update=True)
             check_version(site_id, version, expected_version)
             if db.execute("SELECT 1 FROM block WHERE site_id = ? AND idx = ?", (site_id, block_index)).fetchone():
                 raise StoreConflict(f"site {site_id!r} already has block {block_index}; import into a new block")
-            put_block(db, site_id, block_index, block)
+            put_block(db, site_id, block_index, block, version=version + 1, copies=copies)
             try:
                 db.executemany(
                     "INSERT INTO subject (site_id, subject_id, label, block, slot, enrollment, created) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
-            except sqlite3.IntegrityError as exc:
+            except StoreIntegrityError as exc:
                 raise StoreConflict(f"cannot import into site {site_id!r}: {exc}") from None
             return bump_version(db, site_id, version)
 
@@ -419,9 +466,11 @@ class GalleryStore:
                 "SELECT count(*), coalesce(sum(length(data)), 0) FROM block WHERE site_id = ?", (site_id,)
             ).fetchone()
             (bundle_bytes,) = db.execute("SELECT length(bundle) FROM site WHERE site_id = ?", (site_id,)).fetchone()
+        # int(): PostgreSQL sums bigints as numeric (Decimal).
+        subject_bytes, block_bytes, bundle_bytes = int(subject_bytes), int(block_bytes), int(bundle_bytes)
         return {
-            "subjects": subjects,
-            "blocks": blocks,
+            "subjects": int(subjects),
+            "blocks": int(blocks),
             "version": version,
             "bytes": subject_bytes + block_bytes + bundle_bytes,
             "block_bytes": block_bytes,
@@ -432,15 +481,37 @@ class GalleryStore:
     # -- health ---------------------------------------------------------------------------------
 
     def integrity_check(self) -> list[str]:
-        """Problems found in the file (empty list: healthy): SQLite's integrity and foreign-key checks.
+        """Problems found in the store (empty list: healthy).
 
-        Reads the whole file, so it takes a while on a large store: run it at startup or from
-        an admin command, not per request.
+        SQLite: its integrity and foreign-key checks over the whole file. PostgreSQL (which keeps
+        its own pages consistent): subjects pointing at missing blocks, and gaps in a site's block
+        indexes. Either reads everything, so it takes a while on a large store: run it at startup
+        or from an admin command, not per request.
         """
         with self.database.read() as db:
+            if db.dialect is Dialect.POSTGRESQL:
+                return _pg_problems(db)
             problems = [row[0] for row in db.execute("PRAGMA integrity_check").fetchall()]
             if problems == ["ok"]:
                 problems = []
             for table, rowid, parent, _ in db.execute("PRAGMA foreign_key_check").fetchall():
                 problems.append(f"{table} row {rowid} refers to a missing {parent}")
         return problems
+
+
+def _pg_problems(db: Session) -> list[str]:
+    """Consistency queries for a PostgreSQL store: what its constraints cannot express or a manual edit broke."""
+    problems = [
+        f"subject {subject_id!r} of site {site_id!r} refers to missing block {block}"
+        for site_id, subject_id, block in db.execute(
+            "SELECT s.site_id, s.subject_id, s.block FROM subject s "
+            "LEFT JOIN block b ON b.site_id = s.site_id AND b.idx = s.block WHERE b.id IS NULL ORDER BY s.id"
+        )
+    ]
+    problems += [
+        f"site {site_id!r} has {count} blocks but its last block index is {last}: the indexes have gaps"
+        for site_id, count, last in db.execute(
+            "SELECT site_id, count(*), max(idx) FROM block GROUP BY site_id HAVING max(idx) + 1 <> count(*) ORDER BY site_id"
+        )
+    ]
+    return problems

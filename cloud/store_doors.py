@@ -10,12 +10,11 @@ key is replaced (rotated) in place: nothing else in the store depends on it, so 
 from __future__ import annotations
 
 import hmac
-import sqlite3
 import time
 from dataclasses import dataclass
 
 from .store_records import hash_token, require_bytes, require_text
-from .store_schema import StoreConflict, StoreDatabase, UnknownSite
+from .store_schema import Dialect, Session, StoreConflict, StoreDatabase, StoreIntegrityError, UnknownSite
 
 PUBLIC_KEY_BYTES = 32
 MAX_DOORS_PER_SITE = 64  # a house or an office, not a campus: bounds what one site token can add
@@ -44,8 +43,7 @@ class DoorStore:
         """Add a door's key, or replace it (its token stays); True if the door was new. UnknownSite if no such site."""
         site_id, door_id, public_key = check_door(site_id, door_id, public_key)
         with self.database.write() as db:
-            if db.execute("SELECT 1 FROM site WHERE site_id = ?", (site_id,)).fetchone() is None:
-                raise UnknownSite(f"no site {site_id!r} is registered")
+            _lock_site(db, site_id)
             new = db.execute("SELECT 1 FROM door WHERE site_id = ? AND door_id = ?", (site_id, door_id)).fetchone() is None
             if new:
                 _check_room(db, site_id)
@@ -61,17 +59,17 @@ class DoorStore:
         site_id, door_id, public_key = check_door(site_id, door_id, public_key)
         token_hash = hash_token(token)
         with self.database.write() as db:
-            if db.execute("SELECT 1 FROM site WHERE site_id = ?", (site_id,)).fetchone() is None:
-                raise UnknownSite(f"no site {site_id!r} is registered")
+            _lock_site(db, site_id)
             _check_room(db, site_id)
             try:
                 insert_door(db, site_id, door_id, public_key, token_hash)
-            except sqlite3.IntegrityError:
+            except StoreIntegrityError:
                 raise StoreConflict(f"door {door_id!r} is already registered at site {site_id!r}") from None
 
     def remove(self, site_id: str, door_id: str) -> None:
         """Forget a door: its key and token stop working. UnknownDoor if absent; StoreConflict for the site's last door."""
         with self.database.write() as db:
+            _lock_site(db, site_id, missing_ok=True)
             doors = [row[0] for row in db.execute("SELECT door_id FROM door WHERE site_id = ?", (site_id,))]
             if door_id not in doors:
                 raise UnknownDoor(f"site {site_id!r} has no door {door_id!r}")
@@ -93,19 +91,21 @@ class DoorStore:
             return []
         with self.database.read() as db:
             rows = db.execute(
-                "SELECT door_id, token_hash FROM door WHERE site_id = ? AND token_hash IS NOT NULL ORDER BY rowid", (site_id,)
+                "SELECT door_id, token_hash FROM door WHERE site_id = ? AND token_hash IS NOT NULL ORDER BY created, door_id",
+                (site_id,),
             ).fetchall()
         return [door_id for door_id, stored in rows if hmac.compare_digest(offered, bytes(stored))]
 
     def doors(self, site_id: str) -> list[str]:
-        """The site's door ids, in registration order."""
+        """The site's door ids, oldest key first (a rotated key counts from its rotation)."""
         return [record.door_id for record in self.records(site_id)]
 
     def records(self, site_id: str) -> list[DoorRecord]:
-        """The site's doors, in registration order."""
+        """The site's doors, oldest key first (`created` is when the door's current key was set)."""
         with self.database.read() as db:
             rows = db.execute(
-                "SELECT door_id, created, token_hash IS NOT NULL FROM door WHERE site_id = ? ORDER BY rowid", (site_id,)
+                "SELECT door_id, created, token_hash IS NOT NULL FROM door WHERE site_id = ? ORDER BY created, door_id",
+                (site_id,),
             ).fetchall()
         return [DoorRecord(door_id, created, bool(own)) for door_id, created, own in rows]
 
@@ -119,7 +119,7 @@ def check_door(site_id: str, door_id: str, public_key: bytes) -> tuple[str, str,
     return site_id, door_id, public_key
 
 
-def insert_door(db: sqlite3.Connection, site_id: str, door_id: str, public_key: bytes, token_hash: bytes | None) -> None:
+def insert_door(db: Session, site_id: str, door_id: str, public_key: bytes, token_hash: bytes | None) -> None:
     """Insert a door row inside the caller's transaction (registration adds the site's first door this way)."""
     db.execute(
         "INSERT INTO door (site_id, door_id, public_key, token_hash, created) VALUES (?, ?, ?, ?, ?)",
@@ -127,7 +127,14 @@ def insert_door(db: sqlite3.Connection, site_id: str, door_id: str, public_key: 
     )
 
 
-def _check_room(db: sqlite3.Connection, site_id: str) -> None:
+def _lock_site(db: Session, site_id: str, *, missing_ok: bool = False) -> None:
+    """UnknownSite unless the site exists; on PostgreSQL, also lock its row so replicas change its doors one at a time."""
+    lock = " FOR UPDATE" if db.dialect is Dialect.POSTGRESQL else ""
+    if db.execute(f"SELECT 1 FROM site WHERE site_id = ?{lock}", (site_id,)).fetchone() is None and not missing_ok:
+        raise UnknownSite(f"no site {site_id!r} is registered")
+
+
+def _check_room(db: Session, site_id: str) -> None:
     count = db.execute("SELECT count(*) FROM door WHERE site_id = ?", (site_id,)).fetchone()[0]
     if count >= MAX_DOORS_PER_SITE:
         raise StoreConflict(f"site {site_id!r} already has {count} doors, the most one site may have")

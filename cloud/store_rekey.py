@@ -15,14 +15,14 @@ lost or resurrected by the switch).
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass, field
 
 from blindgate.shared.engine.gallery import SlotRef
 
+from .store_notify import notify_change
 from .store_records import require_bytes, require_index, require_text
-from .store_schema import StoreConflict, StoreDatabase, UnknownSite, UnknownSubject
+from .store_schema import Dialect, Session, StoreConflict, StoreDatabase, UnknownSite, UnknownSubject
 
 # Added to every old slot number before subjects move to their new places, so no two rows ever
 # share a (block, slot) mid-transaction (the UNIQUE constraint is checked per statement).
@@ -48,8 +48,10 @@ class StagedRekey:
     subjects: list[StagedSubject]
 
 
-def _site_row(db: sqlite3.Connection, site_id: str) -> tuple[str, int]:
-    row = db.execute("SELECT key_id, version FROM site WHERE site_id = ?", (site_id,)).fetchone()
+def _site_row(db: Session, site_id: str, *, for_update: bool = False) -> tuple[str, int]:
+    """Key id and gallery version; `for_update` locks the site row on PostgreSQL (as store.py `require_site`)."""
+    lock = " FOR UPDATE" if for_update and db.dialect is Dialect.POSTGRESQL else ""
+    row = db.execute(f"SELECT key_id, version FROM site WHERE site_id = ?{lock}", (site_id,)).fetchone()
     if row is None:
         raise UnknownSite(f"no site {site_id!r} is registered")
     return str(row[0]), int(row[1])
@@ -63,7 +65,7 @@ def _check_version(site_id: str, version: int, expected_version: int | None) -> 
         )
 
 
-def _staged_key(db: sqlite3.Connection, site_id: str) -> str:
+def _staged_key(db: Session, site_id: str) -> str:
     row = db.execute("SELECT key_id FROM rekey WHERE site_id = ?", (site_id,)).fetchone()
     if row is None:
         raise StoreConflict(f"site {site_id!r} has no rekey staged: stage the new evaluation bundle first")
@@ -87,7 +89,7 @@ class RekeyStore:
         if not bundle:
             raise ValueError("evaluation bundle is empty")
         with self.database.write() as db:
-            current, version = _site_row(db, site_id)
+            current, version = _site_row(db, site_id, for_update=True)
             _check_version(site_id, version, expected_version)
             if key_id == current:
                 raise StoreConflict(f"key id {key_id!r} is already site {site_id!r}'s key id: generate new keys")
@@ -110,7 +112,7 @@ class RekeyStore:
         if not enrollment:
             raise ValueError("enrollment ciphertext is empty")
         with self.database.write() as db:
-            _site_row(db, site_id)
+            _site_row(db, site_id, for_update=True)
             staged = _staged_key(db, site_id)
             if staged != key_id:
                 raise StoreConflict(f"the rekey staged for site {site_id!r} is to key id {staged!r}, not {key_id!r}")
@@ -133,7 +135,8 @@ class RekeyStore:
             rows = db.execute(
                 "SELECT r.subject_id, r.label, r.enrollment, r.sealed FROM rekey_subject r "
                 "LEFT JOIN subject s ON s.site_id = r.site_id AND s.subject_id = r.subject_id "
-                "WHERE r.site_id = ? ORDER BY s.id, r.subject_id",
+                # subjects no longer enrolled first, as SQLite sorts NULL (PostgreSQL sorts it last)
+                "WHERE r.site_id = ? ORDER BY s.id IS NOT NULL, s.id, r.subject_id",
                 (site_id,),
             ).fetchall()
         subjects = [StagedSubject(str(s), bytes(label), bytes(e), bytes(sealed)) for s, label, e, sealed in rows]
@@ -142,7 +145,7 @@ class RekeyStore:
     def abort(self, site_id: str) -> None:
         """Drop the site's staged rekey, if any; the site stays on its current keys."""
         with self.database.write() as db:
-            _site_row(db, site_id)
+            _site_row(db, site_id, for_update=True)
             db.execute("DELETE FROM rekey WHERE site_id = ?", (site_id,))
 
     def commit(
@@ -153,8 +156,12 @@ class RekeyStore:
         blocks: list[bytes],
         *,
         expected_version: int | None = None,
+        layouts: list[int] | None = None,
     ) -> int:
         """Switch the site to the staged keys, atomically; returns the new gallery version.
+
+        `layouts`: each new block's copies per template (default 1 each), kept in `block.copies`
+        so later enrollments pick base slots of the right layout (store_log.py).
 
         `blocks` are the new gallery blocks (index order) built from the staged enrollments and
         `placements` says where each subject now lives. StoreConflict, with nothing changed, if
@@ -163,6 +170,9 @@ class RekeyStore:
         """
         key_id = require_text(key_id, "key id")
         blocks = [require_bytes(block, "gallery block") for block in blocks]
+        layouts = [1] * len(blocks) if layouts is None else [int(copies) for copies in layouts]
+        if len(layouts) != len(blocks):
+            raise ValueError(f"{len(layouts)} block layouts for {len(blocks)} blocks")
         for subject_id, ref in placements.items():
             require_text(subject_id, "subject id")
             if require_index(ref.block, "block of the slot") >= len(blocks):
@@ -173,7 +183,7 @@ class RekeyStore:
         if len(set(placements.values())) != len(placements):
             raise ValueError("two subjects are placed in the same slot")
         with self.database.write() as db:
-            _, version = _site_row(db, site_id)
+            _, version = _site_row(db, site_id, for_update=True)
             _check_version(site_id, version, expected_version)
             staged = _staged_key(db, site_id)
             if staged != key_id:
@@ -190,12 +200,13 @@ class RekeyStore:
                 raise StoreConflict(f"the new blocks place {len(placements)} subjects, the site has {len(current)}")
             (bundle,) = db.execute("SELECT bundle FROM rekey WHERE site_id = ?", (site_id,)).fetchone()
             # Subjects point at blocks that are replaced below: check that at COMMIT, not per statement.
-            db.execute("PRAGMA defer_foreign_keys = ON")
+            db.defer_foreign_keys()
             db.execute("UPDATE site SET key_id = ?, bundle = ? WHERE site_id = ?", (key_id, bundle, site_id))
             db.execute("DELETE FROM block WHERE site_id = ?", (site_id,))
+            db.execute("DELETE FROM gallery_log WHERE site_id = ?", (site_id,))  # logged changes of the old blocks (store_log.py)
             db.executemany(
-                "INSERT INTO block (site_id, idx, data) VALUES (?, ?, ?)",
-                [(site_id, idx, data) for idx, data in enumerate(blocks)],
+                "INSERT INTO block (site_id, idx, data, version, copies) VALUES (?, ?, ?, ?, ?)",
+                [(site_id, idx, data, version + 1, copies) for idx, (data, copies) in enumerate(zip(blocks, layouts))],
             )
             db.execute("UPDATE subject SET slot = slot + ? WHERE site_id = ?", (_SLOT_SHIFT, site_id))
             staged_value = (
@@ -208,6 +219,7 @@ class RekeyStore:
             )
             db.execute("DELETE FROM rekey WHERE site_id = ?", (site_id,))
             db.execute("UPDATE site SET version = ? WHERE site_id = ?", (version + 1, site_id))
+            notify_change(db, site_id, version + 1)
             return version + 1
 
 

@@ -1,7 +1,8 @@
 """A matcher worker's memory bound: parsed keys and gallery blocks, least recently used out, by bytes.
 
 A worker keeps each site's parsed evaluation keys (~13 MB for dlib's 128 values once SEAL expands
-the seeded keys) and gallery blocks (~34 MB per 32 subjects) so that a probe does not re-parse
+the seeded keys) and the gallery blocks of its shard (~34 MB per block; with n workers, worker i
+holds blocks i, i + n, ... only, so the accounting counts those) so that a probe does not re-parse
 them. Without a bound, every site ever probed, or every fresh bundle a token holder registers,
 stays resident for the worker's lifetime. `ByteLRU` holds at most `limit` bytes by its own
 accounting; an entry larger than the whole bound is used once and not kept.
@@ -25,14 +26,15 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
-def keys_bytes(params: Params) -> int:
-    """Memory of parsed evaluation keys: relin + Galois keys, each KEY_PRIMES - 1 full ciphertexts over KEY_PRIMES primes."""
-    return (len(params.galois_elements()) + 1) * (KEY_PRIMES - 1) * 2 * KEY_PRIMES * RING_DEGREE * 8
+def keys_bytes(galois_keys: int) -> int:
+    """Memory of parsed evaluation keys: relin + `galois_keys` Galois keys, each KEY_PRIMES - 1 full
+    ciphertexts over KEY_PRIMES primes (2 Galois keys in a new bundle, 7 in an older one)."""
+    return (galois_keys + 1) * (KEY_PRIMES - 1) * 2 * KEY_PRIMES * RING_DEGREE * 8
 
 
-def blocks_bytes(params: Params, blocks: int) -> int:
-    """Memory of `blocks` loaded gallery blocks: dim diagonals and one norms ciphertext each, at level 1."""
-    return blocks * (params.dim + 1) * MAX_BLOCK_CIPHERTEXT_BYTES
+def blocks_bytes(params: Params, blocks: int, copies: int = 1) -> int:
+    """Memory of `blocks` loaded gallery blocks of one layout: dim / copies diagonals and one norms ciphertext each."""
+    return blocks * (max(1, params.dim // copies) + 1) * MAX_BLOCK_CIPHERTEXT_BYTES
 
 
 def per_worker(held: dict[int, int]) -> Callable[[], dict[tuple[tuple[str, str], ...], float]]:

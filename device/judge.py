@@ -77,7 +77,8 @@ class ReplyJudge:
             return Verdict(VerdictKind.DOUBT, "reply lists a block twice", request_id=rid)
         try:
             occupancy = [r.occupancy(slots) for r in reply.results]
-            match = decode_scan(self.keys, embedding, [r.ciphertext for r in reply.results], occupancy)
+            layouts = [r.copies for r in reply.results]
+            match = decode_scan(self.keys, embedding, [r.ciphertext for r in reply.results], occupancy, layouts)
         except (EngineError, ProtocolError, ValueError) as exc:
             return Verdict(VerdictKind.DOUBT, f"cannot decode the result: {exc}", request_id=rid)
         # The threshold for the templates this device itself compared against (the occupied slots it

@@ -26,7 +26,9 @@ if TYPE_CHECKING:  # typeshed-only name: "any dataclass"
 ENV_PREFIX = "BLINDGATE"
 # `BLINDGATE_*` variables the project reads that are not config keys (add any new one here, or
 # every CLI refuses it as a typo): the provision token `blindgate-device init` sends.
-OTHER_ENV_NAMES = frozenset({f"{ENV_PREFIX}_PROVISION_TOKEN"})
+# Read elsewhere: the device's provision token, and the admin URL of the PostgreSQL server the
+# store tests create their databases on (tests/cloud/conftest.py).
+OTHER_ENV_NAMES = frozenset({f"{ENV_PREFIX}_PROVISION_TOKEN", f"{ENV_PREFIX}_TEST_PG_URL"})
 
 
 class ConfigError(BlindgateError, ValueError):
@@ -50,9 +52,12 @@ class MQTTConfig:
 @dataclass
 class CloudConfig:
     state_dir: str = "./state/cloud"  # database and reply-signing key live here
+    # Gallery store: empty = the SQLite file state_dir/gallery.db; "postgresql://user:pw@host/db" =
+    # a PostgreSQL database that several replicas share; a path or "sqlite:///path" = that file.
+    store_url: str = ""
     http_host: str = "127.0.0.1"
     http_port: int = 8600
-    workers: int = 1  # matcher processes; each holds the galleries' blocks
+    workers: int = 1  # matcher processes; block i of a site lives on worker i mod workers (a probe fans out)
     queue_size: int = 8  # probes waiting for a matcher; beyond it the answer is "busy"
     site_queue_share: int = 0  # queue slots one site may hold; 0 = half of queue_size (at least 1)
     http_header_timeout: float = 10.0  # s for a new connection to send its request headers
@@ -68,6 +73,9 @@ class CloudConfig:
     max_sites: int = 1000  # registered sites per cloud; registration beyond it is refused (403)
     registrations_per_minute: int = 30  # cloud-wide, token holders included; beyond it 429
     worker_cache_bytes: int = 4 * 1024**3  # per matcher worker: parsed keys + gallery blocks, LRU by bytes
+    # Enrollments/removals logged against one block before a worker rebuilds it into a fresh
+    # stored snapshot (cloud/store_log.py): bounds the replay a restarted worker does per block.
+    snapshot_every: int = 32
     log_level: str = "INFO"
     log_format: str = "json"  # json or text
     mqtt: MQTTConfig = field(default_factory=MQTTConfig)

@@ -172,9 +172,18 @@ class CloudService:
     @property
     def provision_token(self) -> str:
         """What `blindgate-device init --provision-token` needs: the configured token, else the one
-        the cloud created at first start in its state directory (cloud/registration.py)."""
+        the cloud created at first start in its state directory, or in its PostgreSQL store (cloud/registration.py)."""
         configured = self.env.get("BLINDGATE_PROVISION_TOKEN") or os.environ.get("BLINDGATE_PROVISION_TOKEN")
-        return str(configured) if configured else (self.state_dir / PROVISION_TOKEN_FILE).read_text().strip()
+        if configured:
+            return str(configured)
+        store_url = str(self.env.get("BLINDGATE_STORE_URL") or "")
+        if store_url.startswith(("postgresql://", "postgres://")):  # replicas: the token is in the shared store
+            from blindgate.cloud.store import GalleryStore
+            from blindgate.cloud.store_settings import PROVISION_TOKEN, CloudSettings
+
+            with GalleryStore(store_url) as store:
+                return (CloudSettings(store.database).get(PROVISION_TOKEN) or b"").decode().strip()
+        return (self.state_dir / PROVISION_TOKEN_FILE).read_text().strip()
 
     def init_args(self) -> list[str]:
         """The device CLI's `init` command with this cloud's provision token."""

@@ -26,10 +26,13 @@ SEAL_OVERHEAD_BYTES = 4096
 def max_evaluation_bundle_bytes(dim: int) -> int:
     """The largest honest evaluation bundle for `dim`: computed, not guessed, so padding has no room.
 
-    A bundle holds one relinearization key and one Galois key per power of two below `dim`
-    (dim.bit_length() keys in all). Each is SEAL's seeded form: KEY_PRIMES - 1 parts, each one
-    polynomial over all KEY_PRIMES primes (8 bytes a coefficient) — counted uncompressed, so the
-    bound holds for any compression mode. dlib's 128 values: 6.3 MB for a real ~5.6 MB bundle.
+    A bundle holds one relinearization key and Galois keys: today two (rotations by 1 and by the
+    giant step, ~2.1 MB for dlib), before issue 14 one per power of two below `dim`, and those
+    older bundles must keep loading, so the bound counts dim.bit_length() keys in all. Each is
+    SEAL's seeded form: KEY_PRIMES - 1 parts, each one polynomial over all KEY_PRIMES primes (8
+    bytes a coefficient) — counted uncompressed, so the bound holds for any compression mode.
+    dlib's 128 values: 6.3 MB for an older ~5.6 MB bundle. The parser also insists on exactly
+    one of the two key sets, so no bundle carries keys nobody uses.
     """
     per_key = (KEY_PRIMES - 1) * (KEY_PRIMES * RING_DEGREE * 8 + SEAL_OVERHEAD_BYTES)
     return MAX_HEADER_BYTES + 64 + dim.bit_length() * per_key
@@ -60,7 +63,7 @@ MAX_BLOCK_CIPHERTEXT_BYTES = 2 * 2 * 8192 * 8 + 4096
 
 
 def max_block_bytes(dim: int) -> int:
-    """A gallery block holds `dim` diagonals and one norms ciphertext, each u32-length-prefixed.
+    """A gallery block holds up to `dim` diagonals (dim / copies) and one norms ciphertext, each u32-length-prefixed.
 
     It depends on the embedding dimension (128 for dlib: ~34 MB at most), so it is a function.
     """

@@ -75,7 +75,7 @@ def run_encrypted(
         )
         block_bytes.append(len(blob))
         gallery.blocks.append(_timed(times, "load_block", Block.from_bytes, cloud, blob))
-    occupancy = gallery.occupancy()
+    occupancy, layouts = gallery.occupancy(), gallery.layouts()  # one-copy blocks: slot = template index
 
     n = len(first)
     d11, d1n = np.empty(n), np.empty(n)
@@ -91,7 +91,7 @@ def run_encrypted(
 
         probe_n = encrypt_probe(keys, second[i])  # a fresh encryption, as a second request would be
         replies = _timed(times, "scan", scan, gallery, probe_n)
-        match = _timed(times, "decode_scan", decode_scan, keys, second[i], replies, occupancy)
+        match = _timed(times, "decode_scan", decode_scan, keys, second[i], replies, occupancy, layouts)
         block, slot = divmod(int(slot_of_pair[i]), slots)
         d1n[i] = match.distances[block, slot]
 

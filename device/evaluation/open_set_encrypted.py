@@ -53,7 +53,7 @@ class EncryptedChecker:
         for first in range(0, len(draw.templates), slots):
             blob = encrypt_block(self.keys, draw.templates[first : first + slots])
             gallery.blocks.append(Block.from_bytes(self.cloud, blob))
-        occupancy = gallery.occupancy()
+        occupancy, layouts = gallery.occupancy(), gallery.layouts()  # one-copy blocks: slot = template index
         gallery_s = time.perf_counter() - start
 
         genuine = rng.permutation(draw.genuine)[: min(len(draw.genuine), probes // 2)]
@@ -65,7 +65,7 @@ class EncryptedChecker:
         start = time.perf_counter()
         for i, image in enumerate(chosen):
             replies = scan(gallery, encrypt_probe(self.keys, embeddings[image]))
-            match = decode_scan(self.keys, embeddings[image], replies, occupancy)
+            match = decode_scan(self.keys, embeddings[image], replies, occupancy, layouts)
             encrypted[i] = match.distances.reshape(-1)[: len(draw.templates)]
             bar.update(i + 1)
         scan_s = time.perf_counter() - start

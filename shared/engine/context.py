@@ -76,12 +76,27 @@ class Params:
         return self.dim // self.baby
 
     @property
+    def galois_steps(self) -> tuple[int, ...]:
+        """The rotations a new bundle holds keys for: 1 (baby steps) and b (giant steps).
+
+        Every rotation the engine does is one of these or a chain of them (verify's and
+        enrollment's sum over `dim` slots: b - 1 steps of 1, then G - 1 steps of b).
+        """
+        return (1,) if self.giant == 1 else (1, self.baby)
+
+    @property
     def rotation_steps(self) -> tuple[int, ...]:
-        """Powers of two below dim: every rotation the engine does composes from these keys."""
+        """Powers of two below dim: the keys of older bundles, with which that sum takes log2(dim) steps."""
         return tuple(1 << k for k in range(self.dim.bit_length() - 1))
 
-    def galois_elements(self) -> list[int]:
-        return [pow(3, step, 2 * self.poly_degree) for step in self.rotation_steps]
+    def galois_elements(self, steps: tuple[int, ...] | None = None) -> list[int]:
+        """SEAL's Galois elements for `steps` (default `galois_steps`, what a new bundle holds)."""
+        chosen = self.galois_steps if steps is None else steps
+        return [pow(3, step, 2 * self.poly_degree) for step in chosen]
+
+    def accepted_galois_sets(self) -> tuple[frozenset[int], ...]:
+        """The exact Galois element sets a bundle may hold: today's, or an older bundle's superset."""
+        return (frozenset(self.galois_elements()), frozenset(self.galois_elements(self.rotation_steps)))
 
     def to_dict(self) -> dict[str, Any]:
         return {

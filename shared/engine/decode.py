@@ -17,7 +17,7 @@ import tenseal.sealapi as seal
 
 from .context import LEVEL_REPLY, EngineError, load_ciphertext
 from .encrypt import check_embedding
-from .gallery import SlotRef
+from .gallery import SlotRef, base_mask, block_layout
 from .keys import SiteKeys
 
 
@@ -43,24 +43,37 @@ def decode_scan(
     embedding,
     replies: Sequence[bytes | None],
     occupancy: Sequence[np.ndarray],
+    copies: Sequence[int],
 ) -> Match:
-    """Decrypt one reply per block; squared distance = |x|^2 + (|y|^2 - 2<x, y>) per occupied slot."""
+    """Decrypt one reply per block; squared distance = |x|^2 + (|y|^2 - 2<x, y>) per occupied slot.
+
+    `copies[i]` is block i's layout (`BlockResult.copies`, `Gallery.layouts()`): a template's partial sums in
+    its copies' slots are added up into its base slot, the slot `occupancy` marks.
+    """
     if len(replies) != len(occupancy):
         raise EngineError(f"{len(replies)} block results but occupancy for {len(occupancy)} blocks")
+    layouts = list(copies)
+    if len(layouts) != len(replies):
+        raise EngineError(f"{len(replies)} block results but layouts for {len(layouts)} blocks")
     x = check_embedding(embedding, keys.params)
     norm2 = float(x @ x)
-    slots = keys.params.slots
+    params = keys.params
+    slots = params.slots
     distances = np.full((len(replies), slots), np.nan)
-    for index, (reply, occupied) in enumerate(zip(replies, occupancy)):
+    for index, (reply, occupied, layout) in enumerate(zip(replies, occupancy, layouts)):
         occupied = np.asarray(occupied, dtype=bool)
         if occupied.shape != (slots,):
             raise EngineError(f"block {index}: occupancy must cover {slots} slots")
+        offsets = block_layout(params, layout).offsets  # refuses an unknown layout
+        if occupied[~base_mask(params, layout)].any():
+            raise EngineError(f"block {index}: a template is marked outside the base slots of a {layout}-copy block")
         if reply is None:
             if occupied.any():
                 raise EngineError(f"block {index}: no result for a block that holds templates")
             continue
         values = _decrypt(keys, reply, f"result of block {index}")
-        squared = np.maximum(norm2 + values, 0.0)
+        summed = sum(np.roll(values, -offset) for offset in offsets)  # summed[p] = sum of values[p + o]
+        squared = np.maximum(norm2 + summed, 0.0)
         distances[index, occupied] = np.sqrt(squared[occupied])
     if np.all(np.isnan(distances)):
         return Match(best=None, distance=float("inf"), distances=distances)

@@ -13,7 +13,7 @@ import tenseal.sealapi as seal
 from numpy.typing import ArrayLike
 
 from .context import LEVEL_ENROLL, LEVEL_PROBE, LEVEL_REPLY, EngineError, Params, to_bytes
-from .gallery import Block, layout_values
+from .gallery import Block, base_slots, layout_values
 from .keys import SiteKeys
 
 # dlib embeddings lie within [-1, 1]; products of up to 4 such values must stay far below the
@@ -55,19 +55,21 @@ def encrypt_enrollment(keys: SiteKeys, embedding: ArrayLike) -> bytes:
     return _encrypt_repeated(keys, embedding, LEVEL_ENROLL)
 
 
-def encrypt_block(keys: SiteKeys, embeddings: ArrayLike) -> bytes:
-    """Bulk import: encrypt up to 4096 templates straight into one serialized gallery block.
+def encrypt_block(keys: SiteKeys, embeddings: ArrayLike, copies: int = 1) -> bytes:
+    """Bulk import: encrypt up to 4096 / copies templates straight into one serialized gallery block.
 
     ~0.2 s per block instead of ~0.1 s per template through enrollment, for migrating an
-    existing database. The result has exactly the layout, levels and scales `Gallery.add` builds.
+    existing database. Template i sits at `base_slots(params, copies)[i]`; the result has exactly
+    the layout, levels and scales `Gallery.add` builds.
     """
     params, ctx = keys.params, keys.context
+    block = Block(keys.evaluation(), copies)
     templates = np.asarray(embeddings, dtype=np.float64)
-    if templates.ndim != 2 or not 1 <= len(templates) <= params.slots:
-        raise EngineError(f"a block takes between 1 and {params.slots} embeddings as a 2-D array")
+    if templates.ndim != 2 or not 1 <= len(templates) <= block.capacity:
+        raise EngineError(f"a {copies}-copy block takes between 1 and {block.capacity} embeddings as a 2-D array")
     for vec in templates:
         check_embedding(vec, params)
-    diagonals, norms = layout_values(params, templates)
+    diagonals, norms = layout_values(params, templates, copies)
     encryptor = seal.Encryptor(ctx.seal, keys.secret)
 
     def encrypt(values: np.ndarray, level: int, scale: float) -> seal.Ciphertext:
@@ -75,8 +77,7 @@ def encrypt_block(keys: SiteKeys, embeddings: ArrayLike) -> bytes:
         encryptor.encrypt_symmetric(ctx.encode(values.tolist(), level, scale), ct)
         return ct
 
-    block = Block(keys.evaluation())
     block.diagonals = [[encrypt(row, LEVEL_PROBE, params.scale) for row in giant] for giant in diagonals]
     block.norms = encrypt(norms, LEVEL_REPLY, ctx.reply_scale)
-    block.occupied[: len(templates)] = True
+    block.occupied[base_slots(params, copies)[: len(templates)]] = True
     return block.to_bytes()

@@ -1,7 +1,8 @@
 """Site keys: the device's secret half and the cloud's evaluation bundle.
 
 A site's door devices share one CKKS secret key; the cloud gets only what the scan needs (a
-relinearization key and the power-of-two Galois keys, in SEAL's compact seeded form), under a
+relinearization key and Galois keys for rotations by 1 and by the giant step b, in SEAL's
+compact seeded form; older bundles hold one per power of two and keep working), under a
 key id derived from those bytes so that every probe and reply can name the keys it belongs to.
 """
 
@@ -83,6 +84,10 @@ class EvaluationKeys:
     def context(self) -> Context:
         return context_for(self.params)
 
+    def has_steps(self, steps: tuple[int, ...]) -> bool:
+        """Whether the bundle holds a Galois key for each rotation step (older bundles hold more)."""
+        return all(self.galois.has_key(e) for e in self.params.galois_elements(steps))
+
     def to_bytes(self) -> bytes:
         """The canonical serialization (header re-encoded, sections in order): what the cloud stores."""
         return self.raw
@@ -117,8 +122,11 @@ class EvaluationKeys:
         absent = [e for e in params.galois_elements() if not galois.has_key(e)]
         if absent:
             raise EngineError(f"{what}: Galois keys for elements {absent} are missing")
-        if galois.size() != len(params.galois_elements()):
-            raise EngineError(f"{what}: {galois.size()} Galois keys, expected exactly {len(params.galois_elements())}")
+        # Exactly today's set, or exactly an older bundle's (every power of two): no extra key.
+        sizes = sorted({len(accepted) for accepted in params.accepted_galois_sets()})
+        held = [s for s in params.accepted_galois_sets() if galois.size() == len(s) and all(galois.has_key(e) for e in s)]
+        if not held:
+            raise EngineError(f"{what}: {galois.size()} Galois keys, expected exactly {' or '.join(map(str, sizes))}")
         if relin.size() != 1:
             raise EngineError(f"{what}: {relin.size()} relinearization keys, expected exactly 1")
         raw = _pack_evaluation(params, key_id, sections["relin"], sections["galois"])

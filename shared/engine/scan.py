@@ -1,9 +1,10 @@
 """Cloud side: compare an encrypted probe with encrypted templates, learning nothing.
 
-1:N `scan` pays the probe's baby-step rotations once and then, per block of 4096 templates,
-`dim` ciphertext multiplications (no relinearization) and `dim / b` giant-step rotations.
-1:1 `verify` compares a probe with one enrollment ciphertext, as the seed paper does, with
-log2(dim) rotations instead of 127.
+1:N `scan` pays the probe's baby-step rotations once (as many as the gallery's blocks need) and
+then, per block, `dim / copies` ciphertext multiplications (no relinearization) and G_r
+giant-step rotations (see `gallery.BlockLayout`). 1:1 `verify` compares a probe with one
+enrollment ciphertext, as the seed paper does, summing the `dim` squared differences with
+b - 1 + G - 1 rotations (log2(dim) with an older bundle) instead of 127.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ def load_probe(keys: EvaluationKeys, probe: bytes) -> seal.Ciphertext:
     return load_ciphertext(keys.context, probe, LEVEL_PROBE, "probe")
 
 
-def baby_steps(keys: EvaluationKeys, probe: seal.Ciphertext) -> list[seal.Ciphertext]:
-    """rot(probe, j) for j < b: the only per-query rotations, shared by every block."""
+def baby_steps(keys: EvaluationKeys, probe: seal.Ciphertext, count: int | None = None) -> list[seal.Ciphertext]:
+    """rot(probe, j) for j < count (default b): the only per-query rotations, shared by every block."""
     ev = keys.context.evaluator
     steps = [probe]
-    for _ in range(1, keys.params.baby):
+    for _ in range(1, keys.params.baby if count is None else count):
         nxt = seal.Ciphertext()
         ev.rotate_vector(steps[-1], 1, keys.galois, nxt)
         steps.append(nxt)
@@ -37,7 +38,9 @@ def scan_block(keys: EvaluationKeys, block: Block, steps: list[seal.Ciphertext])
     """One block's encrypted |y_s|^2 - 2<x, y_s> for all its slots: one level-0 ciphertext."""
     if block.diagonals is None or block.norms is None:
         raise EngineError("an empty block has nothing to scan")
-    ev, b = keys.context.evaluator, keys.params.baby
+    ev, b = keys.context.evaluator, block.layout.stride
+    if len(steps) < block.layout.baby:
+        raise EngineError(f"a {block.copies}-copy block needs {block.layout.baby} baby steps, got {len(steps)}")
     acc = None
     # Horner over giant steps: acc = S_{G-1}; acc = S_g + rot(acc, b) down to g = 0.
     for row in reversed(block.diagonals):
@@ -61,7 +64,8 @@ def scan_block(keys: EvaluationKeys, block: Block, steps: list[seal.Ciphertext])
 
 def scan_blocks(keys: EvaluationKeys, blocks: Sequence[Block], probe: bytes) -> list[bytes | None]:
     """1:N over the given blocks; `None` for an empty block (nothing to compare)."""
-    steps = baby_steps(keys, load_probe(keys, probe))
+    count = max((block.layout.baby for block in blocks if block.count), default=1)
+    steps = baby_steps(keys, load_probe(keys, probe), count)
     return [scan_block(keys, block, steps) if block.count else None for block in blocks]
 
 

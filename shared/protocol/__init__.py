@@ -17,6 +17,7 @@ from blindgate.shared.limits import MAX_HEADER_BYTES, MAX_PROBE_BYTES
 
 from .errors import ProtocolError
 from .messages import (
+    REPLY_LAYOUT_VERSION,
     VERSION,
     BlockResult,
     Mode,
@@ -47,6 +48,7 @@ __all__ = [
     "DEFAULT_TOPIC_PREFIX",
     "MAX_HEADER_BYTES",
     "MAX_PROBE_BYTES",
+    "REPLY_LAYOUT_VERSION",
     "VERSION",
     "BlockResult",
     "Mode",

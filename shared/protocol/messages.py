@@ -36,6 +36,11 @@ from .signing import SIGNATURE_BYTES
 from .topics import check_name, probe_topic
 
 VERSION = 1
+# A reply whose blocks use more than one slot per template ("copies", see shared/engine/gallery.py)
+# carries their layouts and this version, so a device that cannot add the copies up refuses it
+# instead of reading partial sums as distances. Replies over 1-copy blocks stay version 1.
+REPLY_LAYOUT_VERSION = 2
+COPY_CHOICES = (1, 2, 4)
 _KIND_PROBE = b"P"
 _KIND_REPLY = b"R"
 # Replies carry no size limit of their own: the signature is checked first, so only the
@@ -212,16 +217,26 @@ def verify_probe_request(req: ProbeRequest | bytes, door_key: Ed25519PublicKey) 
 
 @dataclass(frozen=True)
 class BlockResult:
-    """One block's encrypted result and which of its slots hold templates (needed to decode)."""
+    """One block's encrypted result, which of its slots hold templates and its layout (needed to decode).
+
+    `copies` is how many slots the block gives each template (1, 2 or 4); `occupied` marks each
+    template's first slot only.
+    """
 
     block: int
     occupied: bytes  # numpy.packbits of the block's occupancy (512 bytes for 4096 slots)
     ciphertext: bytes = field(repr=False)
+    copies: int = 1
+
+    def __post_init__(self) -> None:
+        if type(self.copies) is not int or self.copies not in COPY_CHOICES:
+            raise ProtocolError(f"block {self.block}: {self.copies!r} slots per template, expected 1, 2 or 4")
 
     @classmethod
-    def of(cls, block: int, occupied: np.ndarray, ciphertext: bytes) -> BlockResult:
-        """Pack a block's boolean occupancy (one bit per slot) with its result."""
-        return cls(block=block, occupied=np.packbits(np.asarray(occupied, dtype=bool)).tobytes(), ciphertext=ciphertext)
+    def of(cls, block: int, occupied: np.ndarray, ciphertext: bytes, copies: int = 1) -> BlockResult:
+        """Pack a block's boolean occupancy (one bit per slot) with its result and layout."""
+        packed = np.packbits(np.asarray(occupied, dtype=bool)).tobytes()
+        return cls(block=block, occupied=packed, ciphertext=ciphertext, copies=int(copies))
 
     def occupancy(self, slots: int | None = None) -> np.ndarray:
         """The boolean occupancy; with `slots`, refuse one that does not cover exactly that many."""
@@ -248,11 +263,23 @@ class Reply:
     subject: str | None = None  # for Mode.VERIFY: the subject compared with
 
 
+def _has_layouts(results: Iterable[BlockResult]) -> bool:
+    return any(r.copies != 1 for r in results)
+
+
 def results_digest(results: Iterable[BlockResult]) -> str:
-    """The SHA-256 the signed header carries, binding every block index, occupancy and result."""
+    """The SHA-256 the signed header carries, binding every block index, layout, occupancy and result.
+
+    Without a block of more than one copy the layouts are left out: the same digest as version 1.
+    """
+    results = tuple(results)
+    layouts = _has_layouts(results)
     digest = hashlib.sha256()
     for r in results:
-        digest.update(struct.pack("<IQ", r.block, len(r.ciphertext)))
+        if layouts:
+            digest.update(struct.pack("<IQI", r.block, len(r.ciphertext), r.copies))
+        else:
+            digest.update(struct.pack("<IQ", r.block, len(r.ciphertext)))
         digest.update(hashlib.sha256(r.occupied).digest())
         digest.update(hashlib.sha256(r.ciphertext).digest())
     return digest.hexdigest()
@@ -261,7 +288,7 @@ def results_digest(results: Iterable[BlockResult]) -> str:
 def seal_reply(reply: Reply, signing_key: Ed25519PrivateKey) -> bytes:
     """Serialize and sign a reply: everything before the 64-byte signature is covered."""
     header = {
-        "v": VERSION,
+        "v": REPLY_LAYOUT_VERSION if _has_layouts(reply.results) else VERSION,
         "status": str(reply.status),
         "site": reply.site,
         "device": reply.device,
@@ -276,6 +303,8 @@ def seal_reply(reply: Reply, signing_key: Ed25519PrivateKey) -> bytes:
         "mode": str(reply.mode),
         "subject": reply.subject,
     }
+    if _has_layouts(reply.results):
+        header["copies"] = [r.copies for r in reply.results]
     blobs = [blob for r in reply.results for blob in (r.occupied, r.ciphertext)]
     body = frame(_LAYOUT, header, blobs, kind=_KIND_REPLY)
     return body + signing_key.sign(body)
@@ -326,11 +355,14 @@ def open_reply(data: bytes, verify_key: ReplyVerifier) -> Reply:
         verify_key.verify(signature, body)
     except InvalidSignature:
         raise ProtocolError(f"{what}: bad signature — not from this site's cloud, or altered") from None
-    header, blobs = _unframe(body, _KIND_REPLY, what, len(body))
+    header, blobs = _unframe(body, _KIND_REPLY, what, len(body), versions=(VERSION, REPLY_LAYOUT_VERSION))
     blocks = header.get("blocks")
     if not isinstance(blocks, list) or len(blobs) != 2 * len(blocks) or not all(_is_index(b) for b in blocks):
         raise ProtocolError(f"{what}: block list does not match its results")
-    results = tuple(BlockResult(block=b, occupied=blobs[2 * i], ciphertext=blobs[2 * i + 1]) for i, b in enumerate(blocks))
+    copies = _layouts(header, len(blocks), what)
+    results = tuple(
+        BlockResult(block=b, occupied=blobs[2 * i], ciphertext=blobs[2 * i + 1], copies=copies[i]) for i, b in enumerate(blocks)
+    )
     if results_digest(results) != header.get("results_sha256"):
         raise ProtocolError(f"{what}: result hash mismatch")
     status = _field(header, "status", str, what)
@@ -355,15 +387,31 @@ def open_reply(data: bytes, verify_key: ReplyVerifier) -> Reply:
 # --- header checks ----------------------------------------------------------------------------
 
 
-def _unframe(data: bytes, kind: bytes, what: str, limit: int) -> tuple[dict[str, Any], tuple[bytes, ...]]:
+def _unframe(
+    data: bytes, kind: bytes, what: str, limit: int, versions: tuple[int, ...] = (VERSION,)
+) -> tuple[dict[str, Any], tuple[bytes, ...]]:
     """The framing checks, then the protocol version; every refusal is a ProtocolError."""
     if not isinstance(data, (bytes, bytearray)):
         raise ProtocolError(f"{what}: payload must be bytes")
     parsed = unframe(_LAYOUT, data, what, kind=kind, limit=limit, error=ProtocolError)
     version = parsed.header.get("v")
-    if version != VERSION:
+    if type(version) is not int or version not in versions:
         raise ProtocolError(f"{what}: unsupported protocol version {version!r}")
     return parsed.header, parsed.blobs
+
+
+def _layouts(header: dict[str, Any], count: int, what: str) -> list[int]:
+    """Copies per block: listed exactly when the version says so, each 1, 2 or 4, not all 1."""
+    if header.get("v") != REPLY_LAYOUT_VERSION:
+        if "copies" in header:
+            raise ProtocolError(f"{what}: block layouts in a version {header.get('v')} reply")
+        return [1] * count
+    copies = header.get("copies")
+    if not isinstance(copies, list) or len(copies) != count:
+        raise ProtocolError(f"{what}: block layouts do not match its results")
+    if not all(type(c) is int and c in COPY_CHOICES for c in copies) or all(c == 1 for c in copies):
+        raise ProtocolError(f"{what}: block layouts {copies!r} are not 1, 2 or 4 slots per template (not all 1)")
+    return copies
 
 
 def _mode(value: str, what: str) -> Mode:

@@ -1,4 +1,10 @@
-"""Helpers for the cloud service's tests: a site's keys, a simulated door device, service processes."""
+"""Helpers for the cloud service's tests: a site's keys, a simulated door device, service processes, store backends.
+
+Store backends: `pg_url` is a fresh PostgreSQL database on the local server (admin URL from
+$BLINDGATE_TEST_PG_URL, default postgresql://postgres@127.0.0.1:5432/postgres), dropped after the
+test; the test SKIPS when no server answers. `store_url` runs a test once per backend: an SQLite
+file path, then a PostgreSQL URL.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,11 @@ import base64
 import math
 import os
 import queue
+import secrets
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -28,6 +36,44 @@ from blindgate.shared.protocol import (
     reply_topic,
 )
 from tests.broker import Broker
+
+PG_ADMIN_URL = os.environ.get("BLINDGATE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _pg_admin():
+    """An autocommit connection to the test server's admin database; pytest.skip when none answers."""
+    import psycopg
+
+    try:
+        return psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.Error as exc:
+        from blindgate.cloud.store_schema import redact_url
+
+        pytest.skip(
+            f"PostgreSQL not reachable at {redact_url(PG_ADMIN_URL)} ({str(exc).strip()[:200]}): "
+            "set BLINDGATE_TEST_PG_URL or start a server"
+        )
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh, empty PostgreSQL database for one test (blindgate_test_<hex>), dropped WITH (FORCE) after it."""
+    admin = _pg_admin()
+    name = f"blindgate_test_{secrets.token_hex(6)}"
+    try:
+        admin.execute(f"CREATE DATABASE {name}")
+        yield urlsplit(PG_ADMIN_URL)._replace(path=f"/{name}").geturl()
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a store test opens its `GalleryStore`: an SQLite file path, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state" / "gallery.db")
+    return request.getfixturevalue("pg_url")
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import pytest_asyncio
 
 from blindgate.cloud.app import create_app
 from blindgate.cloud.request_auth import NOT_AUTHENTIC
-from blindgate.cloud.resources import BRIDGE, METRICS, STORE
+from blindgate.cloud.resources import BRIDGE, METRICS, SITES, STORE
 from blindgate.device.requests import PendingRequests
 from blindgate.shared.engine import decode_scan, decode_verify, encrypt_enrollment, encrypt_probe
 from blindgate.shared.engine.context import LEVEL_PROBE
@@ -75,7 +75,7 @@ async def test_identify_round_trip(service, site_keys):
     assert reply.status == "ok" and reply.gallery_version == 4 and len(reply.results) == 1
     assert (reply.probe_sha256, reply.mode, reply.subject) == (req.probe_sha256, "identify", None)  # signed binding
     occupancy = [r.occupancy() for r in reply.results]
-    match = decode_scan(site_keys, face, [r.ciphertext for r in reply.results], occupancy)
+    match = decode_scan(site_keys, face, [r.ciphertext for r in reply.results], occupancy, [r.copies for r in reply.results])
     assert match.best is not None and match.best.slot == 2
     expected = np.linalg.norm(FACES - face, axis=1)
     assert np.allclose(match.distances[0, :4], expected, atol=1e-4)
@@ -328,3 +328,11 @@ async def test_a_flooded_site_gets_busy_while_a_quiet_site_is_answered_in_time(s
         quiet.close()
     assert {r.request_id for r in statuses} == set(flood)
     assert sum(r.status == "busy" for r in statuses) >= 1 and sum(r.status == "ok" for r in statuses) >= 4
+
+
+async def test_a_stale_cached_key_id_is_re_read_before_refusing(service, site_keys):
+    """Another replica committed a rekey this process has not heard of yet: the store decides, not the cache."""
+    client, cloud_key, device, _ = service
+    client.app[SITES]["home"] = replace(client.app[SITES]["home"], key_id="stale-key-id")
+    await ok_probe(device, cloud_key, site_keys)
+    assert client.app[SITES]["home"].key_id == site_keys.key_id

@@ -46,3 +46,26 @@ async def test_cloud_key_route_serves_the_endorsement(aiohttp_client, tmp_path):
     answer = await (await client.get("/v1/cloud-key")).json()
     assert answer["cloud_public_key"] == plain["cloud_public_key"]
     assert answer["endorsement"]["from"] == plain["cloud_public_key"]
+
+
+def test_rotation_in_a_shared_store_is_seen_by_every_replica(pg_url, tmp_path):
+    """With PostgreSQL the keys live in the database: a rotation done through one store is published by all."""
+    from blindgate.cloud.resources import load_signing_key
+    from blindgate.cloud.store import GalleryStore
+    from blindgate.cloud.store_settings import CloudSettings, FileSecrets
+
+    legacy = tmp_path / "single-host"
+    legacy.mkdir()
+    pinned = public_key_to_text(load_or_create_signing_key(legacy).public_key())  # doors pinned this one
+    with GalleryStore(pg_url) as one, GalleryStore(pg_url) as two:
+        here, there = CloudSettings(one.database), CloudSettings(two.database)
+        current = load_signing_key(here, FileSecrets(legacy))
+        assert public_key_to_text(current.public_key()) == pinned  # copied in, not replaced
+        assert public_key_to_text(load_signing_key(there).public_key()) == pinned
+        endorsement = rotate(here, current)
+        assert rotate(there, load_signing_key(there)) == endorsement  # one pending rotation, cloud-wide
+        assert published(there, current)["endorsement"] == endorsement.to_dict()
+        assert activate(there) == endorsement.endorsed
+        assert public_key_to_text(load_signing_key(here).public_key()) == endorsement.endorsed
+        with pytest.raises(RotationError):
+            activate(here)

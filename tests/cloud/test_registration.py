@@ -177,3 +177,35 @@ def test_the_generated_token_is_safe_on_a_command_line(tmp_path):
         folder.mkdir()
     tokens = {load_or_create_provision_token(folder) for folder in dirs}
     assert all(re.fullmatch(r"[0-9a-f]{64}", token) for token in tokens) and len(tokens) == 50
+
+
+# -- replicas sharing a PostgreSQL store: the token and the caps are cloud-wide -------------------
+
+
+def test_the_generated_token_is_one_for_every_replica(pg_url, tmp_path):
+    from blindgate.cloud.store import GalleryStore
+    from blindgate.cloud.store_settings import CloudSettings, FileSecrets
+
+    config = cloud_config(tmp_path, open_registration=False, store_url=pg_url)
+    legacy = tmp_path / "host1"
+    legacy.mkdir()
+    old = load_or_create_provision_token(legacy)  # a single-host install moving to PostgreSQL keeps its token
+    with GalleryStore(pg_url) as one, GalleryStore(pg_url) as two:
+        first = RegistrationGate.for_config(config, CloudSettings(one.database), one, FileSecrets(legacy))
+        second = RegistrationGate.for_config(config, CloudSettings(two.database), two, FileSecrets(tmp_path / "absent"))
+    assert first.token == second.token == old
+
+
+def test_the_rate_counts_registrations_through_other_replicas(pg_url, tmp_path, site_keys):
+    from blindgate.cloud.store import GalleryStore
+    from blindgate.cloud.store_settings import CloudSettings
+
+    config = cloud_config(tmp_path, provision_token="t", registrations_per_minute=2, store_url=pg_url)
+    with GalleryStore(pg_url) as here, GalleryStore(pg_url) as elsewhere:
+        gate = RegistrationGate.for_config(config, CloudSettings(here.database), here)
+        gate.admit()  # positive control: nothing registered yet
+        for site in ("a", "b"):  # two registrations through another replica
+            elsewhere.create_site(site, "token-" + site, site_keys.key_id, site_keys.evaluation_bytes)
+        with pytest.raises(Exception) as refused:
+            gate.admit()
+    assert refused.value.status == 429

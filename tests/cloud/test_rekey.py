@@ -51,7 +51,9 @@ def subject_headers(token: str, key_id: str, label: bytes, sealed: bytes) -> dic
 async def decodes(pool, keys, faces, slots) -> None:
     for face, slot in zip(faces, slots):
         _, results = await pool.identify("home", keys.key_id, encrypt_probe(keys, face), 0)
-        match = decode_scan(keys, face, [r.ciphertext for r in results], [r.occupancy() for r in results])
+        match = decode_scan(
+            keys, face, [r.ciphertext for r in results], [r.occupancy() for r in results], [r.copies for r in results]
+        )
         assert match.best is not None and match.best.slot == slot and match.distance < 1e-2
 
 
@@ -103,6 +105,17 @@ async def test_rekey_switches_the_gallery_and_refuses_the_old_key(client, site_k
     assert stats["key_id"] == other_keys.key_id and stats["subjects"] == 3
     assert client.app[STORE].rekey.staged("home") is None
     assert "blindgate_rekeys_total 1" in await (await client.get("/metrics")).text()
+    # the new blocks are snapshots at the new version with their layouts and no log rows; enrolling goes on
+    store = client.app[STORE]
+    assert store.block_layouts("home") == [4] and store.log.pending("home") == {}
+    extra = embeddings(1, seed=8)[0]
+    resp = await client.post(
+        "/v1/sites/home/subjects",
+        data=encrypt_enrollment(other_keys, extra),
+        headers=enroll_headers(token, other_keys.key_id, b"after-rekey"),
+    )
+    assert resp.status == 201, await resp.text()
+    await decodes(pool, other_keys, [*faces, extra], [0, 1, 2, (await resp.json())["slot"]])
 
 
 async def test_rekey_refusals(client, site_keys, other_keys):

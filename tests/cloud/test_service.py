@@ -75,7 +75,7 @@ def assert_matches(device: Device, cloud_key, site_keys, face, slot: int) -> Non
     reply = open_reply(bytes(device.reply(30).payload), cloud_key)
     assert reply.status == "ok", reply.message
     occupancy = [r.occupancy() for r in reply.results]
-    match = decode_scan(site_keys, face, [r.ciphertext for r in reply.results], occupancy)
+    match = decode_scan(site_keys, face, [r.ciphertext for r in reply.results], occupancy, [r.copies for r in reply.results])
     assert match.best is not None and match.best.slot == slot and match.distance < 1e-2
 
 

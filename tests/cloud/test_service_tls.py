@@ -57,7 +57,10 @@ def test_probe_over_tls_gets_its_reply(tls_broker, tmp_path, site_keys):
         device.probe(site_keys.key_id, encrypt_probe(site_keys, FACES[1]))
         reply = open_reply(bytes(device.reply(30).payload), public_key_from_text(info["cloud_public_key"]))
         assert reply.status == "ok", reply.message
-        match = decode_scan(site_keys, FACES[1], [r.ciphertext for r in reply.results], [r.occupancy() for r in reply.results])
+        results = reply.results
+        match = decode_scan(
+            site_keys, FACES[1], [r.ciphertext for r in results], [r.occupancy() for r in results], [r.copies for r in results]
+        )
         assert match.best is not None and match.best.slot == 1
     finally:
         if device is not None:

@@ -1,6 +1,8 @@
 """The gallery store's operations (cloud/store.py): round trips, restarts, errors, atomicity, threads.
 
-The file itself (schema, pragmas, real `kill -9` crashes) is tested in test_store_schema.py.
+The database itself (schema, pragmas, migrations, real `kill -9` crashes) is tested in
+test_store_schema.py. Every test here that takes `location` runs once per backend (SQLite file,
+PostgreSQL database: conftest `store_url`); those that look at the SQLite file itself say so.
 The store treats blocks, enrollments, labels and bundles as opaque bytes, so most tests use fake
 bytes; one test runs the real engine to show the stored bytes rebuild a working gallery.
 """
@@ -12,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from blindgate.cloud import store as store_module
@@ -23,6 +26,7 @@ from blindgate.cloud.store import (
     SubjectRecord,
     UnknownSite,
     UnknownSubject,
+    hash_token,
     new_subject_id,
 )
 from blindgate.shared.engine.gallery import SlotRef
@@ -33,13 +37,20 @@ BUNDLE = b"BGK1E" + bytes(range(256)) * 40
 
 
 @pytest.fixture
+def location(store_url: str) -> str:
+    """The store's location: an SQLite file path, or a PostgreSQL URL (conftest `store_url`)."""
+    return store_url
+
+
+@pytest.fixture
 def db_path(tmp_path: Path) -> Path:
+    """An SQLite file, for the tests that inspect the file itself."""
     return tmp_path / "state" / "gallery.db"
 
 
 @pytest.fixture
-def store(db_path: Path):
-    with GalleryStore(db_path) as store:
+def store(location: str):
+    with GalleryStore(location) as store:
         store.create_site(SITE, TOKEN, "key-1", BUNDLE)
         yield store
 
@@ -96,9 +107,9 @@ def test_round_trip_of_everything(store: GalleryStore) -> None:
     }
 
 
-def test_readonly_reader_sees_consistent_gallery_snapshots(store: GalleryStore, db_path: Path) -> None:
+def test_readonly_reader_sees_consistent_gallery_snapshots(store: GalleryStore, location: str) -> None:
     enroll(store, 0)
-    reader = GalleryStore(db_path, readonly=True)
+    reader = GalleryStore(location, readonly=True)
     try:
         snap = reader.gallery(SITE)
         assert (snap.key_id, snap.version, snap.bundle) == ("key-1", 1, BUNDLE)
@@ -115,6 +126,10 @@ def test_readonly_reader_sees_consistent_gallery_snapshots(store: GalleryStore, 
             reader.create_site("site-b", TOKEN, "key-2", BUNDLE)
     finally:
         reader.close()
+
+
+def test_readonly_needs_an_existing_file(db_path: Path) -> None:
+    """SQLite only: a reader never creates the file (PostgreSQL: test_store_schema.py)."""
     with pytest.raises(StoreError, match="for reading"):
         GalleryStore(db_path.parent / "missing.db", readonly=True)
 
@@ -129,15 +144,15 @@ def test_directory_pairs_subjects_with_their_gallery_version(store: GalleryStore
         store.directory("nowhere")
 
 
-def test_restart_keeps_everything(db_path: Path) -> None:
-    with GalleryStore(db_path) as store:
+def test_restart_keeps_everything(location: str) -> None:
+    with GalleryStore(location) as store:
         store.create_site(SITE, TOKEN, "key-1", BUNDLE)
         store.create_site("site-b", "other-token", "key-2", b"bundle-b")
         ids = [enroll(store, n)[0] for n in range(6)]
         enroll(store, 0, site="site-b")
         store.commit_removal(SITE, ids[2], 0, b"block 0 without subject 2")
         before = (store.sites(), store.subjects(SITE), store.blocks(SITE), store.stats(SITE), store.subjects("site-b"))
-    with GalleryStore(db_path) as store:
+    with GalleryStore(location) as store:
         after = (store.sites(), store.subjects(SITE), store.blocks(SITE), store.stats(SITE), store.subjects("site-b"))
         assert after == before
         assert [s.site_id for s in store.sites()] == [SITE, "site-b"]
@@ -245,8 +260,8 @@ def test_unknown_site_and_subject(store: GalleryStore) -> None:
     assert site_record(store, SITE).version == 0 and store.blocks(SITE) == []
 
 
-def test_failed_commit_leaves_prior_data_intact(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with GalleryStore(db_path) as store:
+def test_failed_commit_leaves_prior_data_intact(location: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with GalleryStore(location) as store:
         store.create_site(SITE, TOKEN, "key-1", BUNDLE)
         enroll(store, 0)
         enroll(store, 1)
@@ -273,7 +288,7 @@ def test_failed_commit_leaves_prior_data_intact(db_path: Path, monkeypatch: pyte
         assert store.subject(SITE, "half") is None
         assert not store.database.in_transaction
         assert enroll(store, 2)[1] == 3  # the store is still usable
-    with GalleryStore(db_path) as store:
+    with GalleryStore(location) as store:
         assert store.blocks(SITE) == [b"block 0 after subject 2"]
         assert [s.subject_id for s in store.subjects(SITE)] == ["subject-0000", "subject-0001", "subject-0002"]
 
@@ -281,7 +296,7 @@ def test_failed_commit_leaves_prior_data_intact(db_path: Path, monkeypatch: pyte
 # -- tokens -------------------------------------------------------------------------------------
 
 
-def test_token_check_and_only_a_hash_is_stored(store: GalleryStore, db_path: Path) -> None:
+def test_token_check_and_only_a_hash_is_stored(store: GalleryStore) -> None:
     assert store.check_token(SITE, TOKEN)
     assert not store.check_token(SITE, TOKEN + "x")
     assert not store.check_token(SITE, TOKEN[:-1])
@@ -290,7 +305,16 @@ def test_token_check_and_only_a_hash_is_stored(store: GalleryStore, db_path: Pat
     assert not store.check_token("other-site", TOKEN)
     store.create_site("site-b", "token-b", "key-b", b"b")
     assert store.check_token("site-b", "token-b") and not store.check_token("site-b", TOKEN)
-    store.close()
+    with store.database.read() as db:
+        stored = [bytes(h) for (h,) in db.execute("SELECT token_hash FROM site ORDER BY site_id")]
+    assert stored == [hash_token(TOKEN), hash_token("token-b")]
+
+
+def test_no_token_is_in_the_file(db_path: Path) -> None:
+    """SQLite only: the file and its WAL hold no token (PostgreSQL stores the same hashes, checked above)."""
+    with GalleryStore(db_path) as store:
+        store.create_site(SITE, TOKEN, "key-1", BUNDLE)
+        store.create_site("site-b", "token-b", "key-b", b"b")
     files = [p for p in db_path.parent.iterdir() if p.name.startswith(db_path.name)]
     assert files
     for file in files:
@@ -298,13 +322,19 @@ def test_token_check_and_only_a_hash_is_stored(store: GalleryStore, db_path: Pat
         assert TOKEN.encode() not in raw and b"token-b" not in raw
 
 
-def test_integrity_check_reports_problems(store: GalleryStore, db_path: Path) -> None:
+def test_integrity_check_reports_problems(store: GalleryStore, location: str) -> None:
     enroll(store, 0)
     assert store.integrity_check() == []
-    # sneak an orphan past the foreign keys, as a hand edit of the file could (foreign keys are off by default)
-    with sqlite3.connect(db_path, timeout=10) as raw:
-        raw.execute("DELETE FROM block")
-    raw.close()
+    # sneak an orphan past the foreign keys, as a hand edit could: SQLite's are off by default,
+    # PostgreSQL's are triggers that replication mode skips
+    if location.startswith("postgresql://"):
+        with psycopg.connect(location, autocommit=True) as raw:
+            raw.execute("SET session_replication_role = replica")
+            raw.execute("DELETE FROM block")
+    else:
+        with sqlite3.connect(location, timeout=10) as raw:
+            raw.execute("DELETE FROM block")
+        raw.close()
     problems = store.integrity_check()
     assert problems and "subject" in problems[0] and "block" in problems[0]
 
@@ -335,10 +365,28 @@ def test_concurrent_commits_from_threads(store: GalleryStore) -> None:
     assert store.stats(SITE)["subjects"] == 40 and site_record(store, SITE).version == 40
 
 
+# -- block layouts and versions -----------------------------------------------------------------
+
+
+def test_blocks_keep_their_layout_and_the_version_they_reflect(store: GalleryStore) -> None:
+    assert store.block_layouts(SITE) == []
+    enroll(store, 0)  # block 0, one copy per template (the default)
+    version = store.import_block(SITE, 1, b"imported block", [("imp", b"l", 0, b"e")], copies=4)
+    enroll(store, 1)  # rewrites block 0: its layout stays
+    assert store.block_layouts(SITE) == [1, 4]
+    with store.database.read() as db:
+        versions = db.execute("SELECT idx, version FROM block WHERE site_id = ? ORDER BY idx", (SITE,)).fetchall()
+    assert [tuple(row) for row in versions] == [(0, 3), (1, version)] and version == 2
+    with pytest.raises(ValueError, match="copies"):
+        store.import_block(SITE, 2, b"b", [], copies=0)
+    with pytest.raises(UnknownSite):
+        store.block_layouts("nowhere")
+
+
 # -- the real engine's bytes --------------------------------------------------------------------
 
 
-def test_stored_engine_bytes_rebuild_the_gallery(db_path: Path) -> None:
+def test_stored_engine_bytes_rebuild_the_gallery(location: str) -> None:
     np = pytest.importorskip("numpy")
     from blindgate.shared.engine import EvaluationKeys, Gallery, encrypt_enrollment, generate_site_keys
     from blindgate.shared.engine.gallery import Block
@@ -346,7 +394,7 @@ def test_stored_engine_bytes_rebuild_the_gallery(db_path: Path) -> None:
     keys = generate_site_keys()
     evaluation = EvaluationKeys.from_bytes(keys.evaluation_bytes)
     rng = np.random.default_rng(1)
-    with GalleryStore(db_path) as store:
+    with GalleryStore(location) as store:
         store.create_site(SITE, TOKEN, evaluation.key_id, evaluation.to_bytes())
         gallery = Gallery(evaluation)
         for n in range(2):
@@ -354,7 +402,7 @@ def test_stored_engine_bytes_rebuild_the_gallery(db_path: Path) -> None:
             ref = gallery.add(enrollment)
             store.commit_enrollment(SITE, f"s{n}", b"label", ref, enrollment, ref.block, gallery.blocks[ref.block].to_bytes())
         digest = gallery.blocks[0].digest()
-    with GalleryStore(db_path) as store:
+    with GalleryStore(location) as store:
         evaluation = EvaluationKeys.from_bytes(store.bundle(SITE), expected_key_id=site_record(store, SITE).key_id)
         gallery = Gallery(evaluation)
         gallery.blocks = [Block.from_bytes(evaluation, data) for data in store.blocks(SITE)]
@@ -364,7 +412,7 @@ def test_stored_engine_bytes_rebuild_the_gallery(db_path: Path) -> None:
         assert first is not None
         gallery.remove(first.ref, store.enrollment(SITE, "s0"))
         store.commit_removal(SITE, "s0", first.block, gallery.blocks[first.block].to_bytes())
-    with GalleryStore(db_path) as store:
+    with GalleryStore(location) as store:
         evaluation = EvaluationKeys.from_bytes(store.bundle(SITE))
         block = Block.from_bytes(evaluation, store.blocks(SITE)[0])
         assert block.count == 1 and bool(block.occupied[1]) and not block.occupied[0]

@@ -1,4 +1,4 @@
-"""cloud/store_doors.py: door request keys in the store."""
+"""cloud/store_doors.py: door request keys in the store, on each backend (conftest `store_url`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from blindgate.cloud.store_doors import UnknownDoor
 
 
 @pytest.fixture
-def store(tmp_path):
-    with GalleryStore(tmp_path / "gallery.db") as s:
+def store(store_url):
+    with GalleryStore(store_url) as s:
         s.create_site("home", "token", "k" * 32, b"bundle")
         yield s
 
@@ -35,10 +35,10 @@ def test_refusals(store):
     assert store.doors.doors("home") == []
 
 
-def test_keys_survive_a_reopen(tmp_path, store):
+def test_keys_survive_a_reopen(store_url, store):
     store.doors.put("home", "door1", b"\x05" * 32)
     store.close()
-    with GalleryStore(tmp_path / "gallery.db", readonly=True) as again:
+    with GalleryStore(store_url, readonly=True) as again:
         assert again.doors.key("home", "door1") == b"\x05" * 32
 
 
@@ -66,8 +66,8 @@ def test_removing_a_door_drops_its_key_and_token(store):
         store.doors.remove("home", "door1")
 
 
-def test_a_site_registered_by_a_door_has_no_token_but_the_door_s(tmp_path):
-    with GalleryStore(tmp_path / "g.db") as s:
+def test_a_site_registered_by_a_door_has_no_token_but_the_door_s(store_url):
+    with GalleryStore(store_url) as s:
         s.create_site("home", "first", "k" * 32, b"bundle", door=("door1", b"\x01" * 32))
         assert s.doors.token_doors("home", "first") == ["door1"]
         s.doors.add("home", "door2", b"\x02" * 32, "second")

@@ -1,13 +1,14 @@
-"""Key renewal in the gallery store (cloud/store_rekey.py): staging, the atomic switch, refusals that change nothing."""
+"""Key renewal in the gallery store (cloud/store_rekey.py): staging, the atomic switch, refusals that change nothing.
+
+Every test runs on each backend (conftest `store_url`).
+"""
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
-
 import pytest
 
-from blindgate.cloud.store import GalleryStore, StoreConflict, UnknownSite, UnknownSubject
+from blindgate.cloud.store import GalleryStore, StoreConflict, StoreError, UnknownSite, UnknownSubject
+from blindgate.cloud.store_schema import Dialect
 from blindgate.shared.engine.gallery import SlotRef
 
 SITE = "site-a"
@@ -17,8 +18,8 @@ NEW_BUNDLE = b"new-bundle" * 100
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    with GalleryStore(tmp_path / "gallery.db") as store:
+def store(store_url: str):
+    with GalleryStore(store_url) as store:
         store.create_site(SITE, TOKEN, "key-old", OLD_BUNDLE)
         for n in range(3):  # block 0 holds two subjects, block 1 one
             ref = SlotRef(n // 2, n % 2)
@@ -28,12 +29,12 @@ def store(tmp_path: Path):
 
 def snapshot(store: GalleryStore) -> tuple:
     """Everything a rekey may touch, to show a refused one touched nothing."""
-    db = store.database.connection
-    return (
-        db.execute("SELECT key_id, bundle, version FROM site").fetchall(),
-        db.execute("SELECT idx, data FROM block ORDER BY idx").fetchall(),
-        db.execute("SELECT subject_id, label, block, slot, enrollment, sealed, id FROM subject ORDER BY id").fetchall(),
-    )
+    with store.database.read() as db:
+        return (
+            db.execute("SELECT key_id, bundle, version FROM site").fetchall(),
+            db.execute("SELECT idx, data FROM block ORDER BY idx").fetchall(),
+            db.execute("SELECT subject_id, label, block, slot, enrollment, sealed, id FROM subject ORDER BY id").fetchall(),
+        )
 
 
 def stage_all(store: GalleryStore, subjects=("s0", "s1", "s2")) -> int:
@@ -67,7 +68,8 @@ def test_commit_switches_keys_blocks_and_subjects_in_one_step(store: GalleryStor
     assert {s.subject_id: s.ref for s in store.subjects(SITE)} == PLACES
     assert store.enrollment(SITE, "s1") == b"new-enr-s1"
     assert store.subject(SITE, "s2").label == b"new-label-s2"
-    sealed = store.database.connection.execute("SELECT sealed FROM subject WHERE subject_id = 's0'").fetchone()[0]
+    with store.database.read() as db:
+        sealed = db.execute("SELECT sealed FROM subject WHERE subject_id = 's0'").fetchone()[0]
     assert sealed == b"sealed-s0"
     assert [r[6] for r in snapshot(store)[2]] == before_ids  # same rows: enrollment order and created kept
     assert store.rekey.staged(SITE) is None  # staging cleared
@@ -101,13 +103,17 @@ def test_a_failing_write_mid_commit_rolls_everything_back(store: GalleryStore) -
     stage_all(store)
     before = snapshot(store)
     # A database error after the first writes (the block insert hits a trigger): the whole switch is undone.
-    store.database.connection.execute(
-        "CREATE TEMP TRIGGER fail_block BEFORE INSERT ON block BEGIN SELECT RAISE(ABORT, 'disk trouble'); END"
-    )
-    with pytest.raises(Exception, match="disk trouble"):
+    with store.database.write() as db:
+        if db.dialect is Dialect.SQLITE:
+            db.execute("CREATE TRIGGER fail_block BEFORE INSERT ON block BEGIN SELECT RAISE(ABORT, 'disk trouble'); END")
+        else:
+            db.execute("CREATE FUNCTION fail_block() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE 'disk trouble'; END $$")
+            db.execute("CREATE TRIGGER fail_block BEFORE INSERT ON block FOR EACH ROW EXECUTE FUNCTION fail_block()")
+    with pytest.raises(StoreError, match="disk trouble"):
         store.rekey.commit(SITE, "key-new", PLACES, [b"nb"])
     assert snapshot(store) == before
-    store.database.connection.execute("DROP TRIGGER fail_block")
+    with store.database.write() as db:
+        db.execute("DROP TRIGGER fail_block" + ("" if db.dialect is Dialect.SQLITE else " ON block"))
     assert store.rekey.commit(SITE, "key-new", PLACES, [b"nb"]) == 4  # positive control
 
 
@@ -146,8 +152,8 @@ def test_staging_rules(store: GalleryStore) -> None:
 
 def test_removing_the_site_drops_its_staging(store: GalleryStore) -> None:
     stage_all(store)
-    db = store.database.connection
-    db.execute("DELETE FROM site WHERE site_id = ?", (SITE,))
-    assert db.execute("SELECT count(*) FROM rekey_subject").fetchone()[0] == 0
-    with pytest.raises((UnknownSite, sqlite3.Error)):
+    with store.database.write() as db:
+        db.execute("DELETE FROM site WHERE site_id = ?", (SITE,))
+        assert db.execute("SELECT count(*) FROM rekey_subject").fetchone()[0] == 0
+    with pytest.raises(UnknownSite):
         store.rekey.staged(SITE)

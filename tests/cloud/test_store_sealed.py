@@ -1,4 +1,4 @@
-"""Sealed templates kept with enrollments (cloud/store_sealed.py via GalleryStore.sealed)."""
+"""Sealed templates kept with enrollments (cloud/store_sealed.py via GalleryStore.sealed), on each backend."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from blindgate.cloud.store import GalleryStore, UnknownSite, UnknownSubject
 from blindgate.shared.engine.gallery import SlotRef
 
 
-def test_sealed_blob_is_stored_with_the_enrollment_and_goes_with_it(tmp_path):
-    with GalleryStore(tmp_path / "gallery.db") as store:
+def test_sealed_blob_is_stored_with_the_enrollment_and_goes_with_it(store_url):
+    with GalleryStore(store_url) as store:
         store.create_site("home", "token", "k" * 32, b"bundle")
         store.commit_enrollment("home", "s1", b"l", SlotRef(0, 0), b"e1", 0, b"block v1", sealed=b"\x00sealed-1")
         store.commit_enrollment("home", "s2", b"l", SlotRef(0, 1), b"e2", 0, b"block v2")  # an older device: none
@@ -24,5 +24,5 @@ def test_sealed_blob_is_stored_with_the_enrollment_and_goes_with_it(tmp_path):
         store.commit_removal("home", "s1", 0, b"block v3")
         with pytest.raises(UnknownSubject):
             store.sealed("home", "s1")
-    with GalleryStore(tmp_path / "gallery.db", readonly=True) as again:
+    with GalleryStore(store_url, readonly=True) as again:
         assert again.sealed("home", "s2") == b""

@@ -51,14 +51,18 @@ def test_the_bound_holds_under_any_sequence_of_operations():
         assert cache.total == sum(cache.get(k) or 0 for k in list(cache._entries))
 
 
-def test_parsed_keys_are_counted_at_their_expanded_size():
-    assert 12_000_000 < keys_bytes(Params(dim=128)) < 14_000_000  # 8 keys x 3 parts x 2 x 4 primes x 8192 x 8
+def test_parsed_keys_are_counted_at_their_expanded_size(site_keys):
+    """A new bundle (relin + 2 Galois keys) and an older one (relin + 7) as SEAL holds them expanded."""
+    galois = site_keys.evaluation().galois.size()
+    assert galois == len(Params(dim=128).galois_elements()) == 2
+    assert 4_500_000 < keys_bytes(galois) < 5_000_000  # 3 keys x 3 parts x 2 x 4 primes x 8192 x 8
+    assert 12_000_000 < keys_bytes(7) < 14_000_000  # 8 keys
 
 
 @pytest.mark.asyncio
 async def test_a_worker_keeps_its_cache_within_the_configured_bound(tmp_path, site_keys, other_keys):
     """Through the pool: two fresh bundles with room for one parsed key set; the gauge reports it."""
-    one = keys_bytes(site_keys.params)
+    one = keys_bytes(site_keys.evaluation().galois.size())
     metrics = Metrics()
     pool = MatcherPool(tmp_path / "gallery.db", metrics=metrics, cache_bytes=4 * one + 4)  # keys get a quarter
     await pool.start()

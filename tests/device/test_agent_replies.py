@@ -131,7 +131,7 @@ def request(agent):
 def sealed(world, req, embedding=None, signer=None, **changes):
     embedding = world.alice if embedding is None else embedding
     results = tuple(
-        BlockResult.of(i, block.occupied, ct)
+        BlockResult.of(i, block.occupied, ct, block.copies)
         for i, (block, ct) in enumerate(zip(world.gallery.blocks, scan(world.gallery, encrypt_probe(world.keys, embedding))))
     )
     fields = dict(
@@ -254,14 +254,16 @@ def _error(world, req):
 
 
 def _corrupt_ciphertext(world, req):
-    result = BlockResult.of(0, world.gallery.blocks[0].occupied, encrypt_probe(world.keys, world.alice))
+    block = world.gallery.blocks[0]
+    result = BlockResult.of(0, block.occupied, encrypt_probe(world.keys, world.alice), block.copies)
     return [sealed(world, req, results=(result,))]
 
 
 def _slot_not_in_directory(world, req):
     # the real result, but claimed for block 3: no subject is listed there
     ct = scan(world.gallery, encrypt_probe(world.keys, world.alice))[0]
-    return [sealed(world, req, results=(BlockResult.of(3, world.gallery.blocks[0].occupied, ct),))]
+    block = world.gallery.blocks[0]
+    return [sealed(world, req, results=(BlockResult.of(3, block.occupied, ct, block.copies),))]
 
 
 def _newer_gallery_unlisted(world, req):
@@ -397,7 +399,8 @@ def test_signed_transparent_or_nan_scale_results_never_open(agent, world):
     }
     honest = scan(world.gallery, encrypt_probe(world.keys, x))[0]
     for name, attack in attacks.items():
-        forged = (BlockResult.of(0, world.gallery.blocks[0].occupied, attack(honest)),)
+        block = world.gallery.blocks[0]
+        forged = (BlockResult.of(0, block.occupied, attack(honest), block.copies),)
 
         def replies(req, forged=forged):
             return [sealed(world, req, embedding=x, results=forged)]

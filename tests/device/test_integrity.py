@@ -192,7 +192,7 @@ def agent(world, tmp_path):
 
 def honest(world, req, embedding):
     results = tuple(
-        BlockResult.of(i, block.occupied, ct)
+        BlockResult.of(i, block.occupied, ct, block.copies)
         for i, (block, ct) in enumerate(zip(world.gallery.blocks, scan(world.gallery, req.probe)))
     )
     fields = dict(
@@ -232,7 +232,10 @@ def test_signed_minus_norm_forgery_keeps_the_door_locked_and_raises_cloud_integr
     # the attack is real: without the check the stranger decodes as a near-perfect match
     req = new_probe_request(SITE, DEVICE, world.keys.key_id, encrypt_probe(world.keys, world.stranger), ttl=5.0)
     lie = forge(req)
-    match = decode_scan(world.keys, world.stranger, [r.ciphertext for r in lie.results], [r.occupancy() for r in lie.results])
+    results = lie.results
+    match = decode_scan(
+        world.keys, world.stranger, [r.ciphertext for r in results], [r.occupancy() for r in results], [1] * len(results)
+    )
     assert match.best is not None and match.distance < 0.05
     for _ in range(3):
         verdict, decision = frame(agent, world, world.stranger, forge)

@@ -248,7 +248,7 @@ def test_ciphertext_entry_points_refuse_mutations(world: World, data: st.DataObj
         return
     only(EngineError, scan_blocks, world.evaluation, [], probe)
     only(EngineError, Gallery(world.evaluation).load_enrollment, enrollment)
-    only(EngineError, decode_scan, world.keys, world.face, [result], [world.block.occupied])
+    only(EngineError, decode_scan, world.keys, world.face, [result], [world.block.occupied], [world.block.copies])
 
 
 # --- device-side secrets: sealed templates, labels, the subject list ---------------------------

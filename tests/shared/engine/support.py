@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import tenseal.sealapi as seal
 
-from blindgate.shared.engine import Gallery, Match, SiteKeys, decode_scan, encrypt_probe, scan
+from blindgate.shared.engine import Gallery, Match, Params, SiteKeys, decode_scan, encrypt_probe, scan
+from blindgate.shared.engine.context import context_for, to_bytes
+from blindgate.shared.engine.keys import _pack_evaluation, derive_key_id
 
 SLOTS = 4096
 TOL = 1e-4  # distances must agree with numpy far below any decision margin
@@ -35,4 +38,15 @@ def numpy_distances(templates: np.ndarray, occupied: np.ndarray, x: np.ndarray) 
 
 def scan_and_decode(keys: SiteKeys, gallery: Gallery, x: np.ndarray, occupancy: Sequence[np.ndarray] | None = None) -> Match:
     replies = scan(gallery, encrypt_probe(keys, x))
-    return decode_scan(keys, x, replies, gallery.occupancy() if occupancy is None else occupancy)
+    return decode_scan(keys, x, replies, gallery.occupancy() if occupancy is None else occupancy, gallery.layouts())
+
+
+def legacy_site_keys(dim: int = 128) -> SiteKeys:
+    """Site keys as blindgate made them before issue 14: a Galois key per power of two below dim."""
+    params = Params(dim=dim)
+    keygen = seal.KeyGenerator(context_for(params).seal)
+    relin = to_bytes(keygen.create_relin_keys())
+    galois = to_bytes(keygen.create_galois_keys(params.galois_elements(params.rotation_steps)))
+    key_id = derive_key_id(params, relin, galois)
+    bundle = _pack_evaluation(params, key_id, relin, galois)
+    return SiteKeys(params=params, key_id=key_id, secret=keygen.secret_key(), evaluation_bytes=bundle)

@@ -113,7 +113,7 @@ def test_every_receiving_path_refuses_hostile_ciphertexts(keys: SiteKeys, evalua
     x = templates[0]
     probe = encrypt_probe(keys, x)
     replies = scan(gallery, probe)  # positive control: the honest round trip matches slot 0
-    assert decode_scan(keys, x, replies, gallery.occupancy()).distance < 0.05
+    assert decode_scan(keys, x, replies, gallery.occupancy(), gallery.layouts()).distance < 0.05
     for bad in (tamper.transparent(ctx, probe, LEVEL_PROBE), tamper.nan_scale(ctx, probe, LEVEL_PROBE)):
         with pytest.raises(EngineError, match="probe"):
             scan(gallery, bad)
@@ -131,4 +131,4 @@ def test_every_receiving_path_refuses_hostile_ciphertexts(keys: SiteKeys, evalua
     assert abs(ctx.decode(plain)[0] + norm2) < 1e-6
     for bad in (forged, tamper.nan_scale(ctx, replies[0], LEVEL_REPLY)):
         with pytest.raises(EngineError, match="result of block 0"):
-            decode_scan(keys, x, [bad], gallery.occupancy())
+            decode_scan(keys, x, [bad], gallery.occupancy(), gallery.layouts())

@@ -81,7 +81,7 @@ def test_dimension_512_end_to_end():
     x = templates[3] + rng.normal(0, 0.02, 512)  # nearest to slot 3
     probe = encrypt_probe(keys512, x)
     assert len(probe) <= MAX_PROBE_BYTES
-    match = decode_scan(keys512, x, scan(gallery, probe), gallery.occupancy())
+    match = decode_scan(keys512, x, scan(gallery, probe), gallery.occupancy(), gallery.layouts())
     expected = numpy_distances(mirror, occupied, x)
     np.testing.assert_array_equal(np.isnan(match.distances[0]), ~occupied)
     assert np.nanmax(np.abs(match.distances[0] - expected)) < TOL
@@ -93,12 +93,12 @@ def test_dimension_512_end_to_end():
     gallery.remove(SlotRef(0, 3), enrollments[1])
     occupied[3] = False
     replies = scan(gallery, probe)
-    match = decode_scan(keys512, x, replies, gallery.occupancy())
+    match = decode_scan(keys512, x, replies, gallery.occupancy(), gallery.layouts())
     expected = numpy_distances(mirror, occupied, x)
     np.testing.assert_array_equal(np.isnan(match.distances[0]), ~occupied)
     assert np.nanmax(np.abs(match.distances[0] - expected)) < TOL
     # decoded as if occupied, the removed slot holds the zero vector
-    raw = decode_scan(keys512, x, replies, [np.ones(SLOTS, bool)])
+    raw = decode_scan(keys512, x, replies, [np.ones(SLOTS, bool)], [1])
     assert raw.distances[0, 3] == pytest.approx(np.linalg.norm(x), abs=TOL)
 
     with pytest.raises(EngineError, match=r"shape \(512,\)"):

@@ -96,7 +96,7 @@ def test_removing_the_last_template_empties_the_block(keys, evaluation):
     assert len(gallery) == 0 and gallery.blocks[0].diagonals is None
     replies = scan(gallery, encrypt_probe(keys, y))
     assert replies == [None]
-    match = decode_scan(keys, y, replies, gallery.occupancy())
+    match = decode_scan(keys, y, replies, gallery.occupancy(), gallery.layouts())
     assert match.best is None and match.distance == float("inf") and not accepted(match.distance)
     empty = Block.from_bytes(evaluation, gallery.blocks[0].to_bytes())
     assert empty.count == 0 and empty.diagonals is None
@@ -157,7 +157,8 @@ def test_block_round_trip(keys, evaluation, small):
     gallery, templates, _ = small
     data = gallery.blocks[0].to_bytes()
     header, blobs = split_block(data)
-    assert header["key_id"] == keys.key_id and header["ciphertexts"] == len(blobs) == 129
+    # a new gallery's first block gives each template 4 slots: 128 / 4 diagonals and the norms
+    assert header["key_id"] == keys.key_id and header["copies"] == 4 and header["ciphertexts"] == len(blobs) == 33
     restored = Block.from_bytes(evaluation, data)
     assert restored.to_bytes() == data and restored.digest() == gallery.blocks[0].digest()
     np.testing.assert_array_equal(restored.occupied, gallery.blocks[0].occupied)
@@ -166,7 +167,7 @@ def test_block_round_trip(keys, evaluation, small):
     x = templates[2] + 0.03
     probe = encrypt_probe(keys, x)
     assert scan(copy, probe) == scan(gallery, probe)  # deterministic evaluation, same bytes
-    match = decode_scan(keys, x, scan(copy, probe), copy.occupancy())
+    match = decode_scan(keys, x, scan(copy, probe), copy.occupancy(), copy.layouts())
     assert match.best == SlotRef(0, 2)
     assert match.distances[0, :4] == pytest.approx(np.linalg.norm(templates - x, axis=1), abs=TOL)
 
@@ -195,9 +196,18 @@ def test_bad_blocks_are_refused(keys, evaluation, other_keys, small):
         (noise, "bad magic"),
         (b"BGB1" + noise, "malformed header"),
         (data + b"\0" * 7, "trailing bytes"),
-        (join_block(dict(header, occupied="00" * 512), blobs), "holds 129 ciphertexts, expected 0"),
+        (join_block(dict(header, occupied="00" * 512), blobs), "holds 33 ciphertexts, expected 0"),
         (join_block(header, blobs[:-1]), "truncated"),
-        (join_block(dict(header, ciphertexts=128), blobs[:-1]), "holds 128 ciphertexts, expected 129"),
+        (join_block(dict(header, ciphertexts=32), blobs[:-1]), "holds 32 ciphertexts, expected 33"),
+        # the layout: another one does not fit the ciphertexts, unknown or non-canonical ones are refused
+        (join_block({k: v for k, v in header.items() if k != "copies"}, blobs), "holds 33 ciphertexts, expected 129"),
+        (join_block(dict(header, copies=2), blobs), "holds 33 ciphertexts, expected 65"),
+        (join_block(dict(header, copies=3), blobs), "1, 2 or 4 slots"),
+        (join_block(dict(header, copies=1), blobs), "malformed copies 1"),
+        (join_block(dict(header, copies="4"), blobs), "malformed copies"),
+        (join_block(dict(header, copies=True), blobs), "malformed copies"),
+        # slot 8 holds copy 1 of the template in slot 0 (offsets 0, 8, 64, 72 at dim 128): not a base slot
+        (join_block(dict(header, occupied="f080" + "00" * 510), blobs), "outside the base slots"),
         (join_block(dict(header, occupied="ff" * 100), blobs), "occupancy covers 800 slots"),
         # a level-0 norms ciphertext where a level-1 diagonal belongs, and the other way round
         (join_block(header, [blobs[-1]] + blobs[1:]), "diagonal: ciphertext at level 0, expected level 1"),

@@ -69,8 +69,11 @@ def test_site_keys_generate_compact_evaluation_bundle(keys, evaluation):
     assert header["key_id"] == keys.key_id
     assert evaluation.key_id == keys.key_id and evaluation.params == keys.params
     assert evaluation.to_bytes() == keys.evaluation_bytes
-    for step in (1, 2, 4, 8, 16, 32, 64):
+    # exactly the rotations the engine uses: 1 (baby steps) and 16 (giant steps), ~2.1 MB in all
+    assert evaluation.galois.size() == 2
+    for step in (1, 16):
         assert evaluation.galois.has_key(pow(3, step, 2 * 8192)), step
+    assert evaluation.has_steps((1, 16)) and not evaluation.has_steps((2,))
 
 
 def test_two_sites_get_different_key_ids(keys, other_keys):
@@ -118,7 +121,7 @@ def test_evaluation_bundle_is_refused_as_device_key_file(keys):
         ({"dim": 96}, "power of two"),
         ({"dim": "many"}, "malformed parameter record"),
         # a dimension the Galois keys do not cover, with the key id recomputed to match
-        ({"dim": 256}, "Galois keys for elements .* are missing"),
+        ({"dim": 512}, "Galois keys for elements .* are missing"),
     ],
 )
 def test_bundle_with_wrong_parameters_is_refused(keys, change, message):
@@ -272,6 +275,25 @@ def test_bundle_with_more_galois_keys_than_needed_is_refused(keys):
         b"E", {"params": params.to_dict(), "key_id": derive_key_id(params, relin, galois)}, {"relin": relin, "galois": galois}
     )
     with pytest.raises(EngineError, match="Galois keys, expected exactly"):
+        EvaluationKeys.from_bytes(bundle)
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        (1, 2, 4, 8, 16, 32, 64, 3),  # an old bundle plus one key
+        (1, 2, 4, 8, 16, 32, 3),  # as many keys as an old bundle, one of them useless
+        (1, 3),  # as many keys as a new bundle, without the giant step
+    ],
+)
+def test_bundle_holding_neither_exact_key_set_is_refused(keys, steps):
+    params = keys.params
+    keygen = seal.KeyGenerator(context_for(params).seal)
+    relin, galois = to_bytes(keygen.create_relin_keys()), to_bytes(keygen.create_galois_keys(params.galois_elements(steps)))
+    bundle = join_key_file(
+        b"E", {"params": params.to_dict(), "key_id": derive_key_id(params, relin, galois)}, {"relin": relin, "galois": galois}
+    )
+    with pytest.raises(EngineError, match="Galois keys, expected exactly 2 or 7|Galois keys for elements .* are missing"):
         EvaluationKeys.from_bytes(bundle)
 
 

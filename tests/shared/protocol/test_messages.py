@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import struct
 
 import numpy as np
 import pytest
@@ -173,7 +175,10 @@ def test_wrong_kind_is_refused():
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"v": 2}, "unsupported protocol version 2"),
+        ({"v": 3}, "unsupported protocol version 3"),
+        ({"v": "1"}, "unsupported protocol version '1'"),
+        ({"v": 2}, "block layouts do not match its results"),  # version 2 lists the layouts
+        ({"copies": [1, 1]}, "block layouts in a version 1 reply"),
         ({"site": 5}, "field 'site' missing or not str"),
         ({"gallery_version": True}, "field 'gallery_version' missing or not int"),
         ({"expires_at": "soon"}, "field 'expires_at'"),
@@ -193,6 +198,68 @@ def test_occupancy_of_the_wrong_size_is_refused():
     assert result.occupancy().sum() == 800
     with pytest.raises(ProtocolError, match="occupancy of 100 bytes, expected 512"):
         result.occupancy(4096)
+
+
+def a_layout_reply() -> Reply:
+    """Block 0 gives each template 4 slots, block 2 one: version 2 with a "copies" list."""
+    base = a_reply()
+    first, second = base.results
+    return a_reply(results=(BlockResult(0, first.occupied, first.ciphertext, copies=4), second))
+
+
+def test_reply_with_block_layouts_round_trips_as_version_2():
+    reply = a_layout_reply()
+    data = seal_reply(reply, KEY)
+    assert b'"v":2' in data and b'"copies":[4,1]' in data
+    opened = open_reply(data, KEY.public_key())
+    assert opened == reply and [r.copies for r in opened.results] == [4, 1]
+    header = reply_header(reply, v=2, copies=[4, 1])
+    assert open_reply(signed(header, blobs_of(reply)), KEY.public_key()) == reply
+
+
+def test_one_copy_replies_stay_version_1_with_the_old_digest():
+    """An older device opens them unchanged; the digest is the <IQ form without layouts."""
+    reply = a_reply()
+    data = seal_reply(reply, KEY)
+    assert b'"v":1' in data and b"copies" not in data
+    old = hashlib.sha256()
+    for r in reply.results:
+        old.update(struct.pack("<IQ", r.block, len(r.ciphertext)))
+        old.update(hashlib.sha256(r.occupied).digest())
+        old.update(hashlib.sha256(r.ciphertext).digest())
+    assert results_digest(reply.results) == old.hexdigest()
+    assert results_digest(a_layout_reply().results) != old.hexdigest()  # the layouts are covered
+
+
+@pytest.mark.parametrize(
+    "copies, message",
+    [
+        ([4], "block layouts do not match"),
+        ("4,1", "block layouts do not match"),
+        ([3, 1], "not 1, 2 or 4"),
+        ([4, True], "not 1, 2 or 4"),
+        ([4.0, 1], "not 1, 2 or 4"),
+        ([1, 1], "not all 1"),
+    ],
+)
+def test_malformed_block_layouts_are_refused(copies, message):
+    reply = a_layout_reply()
+    header = reply_header(reply, v=2, copies=copies)
+    with pytest.raises(ProtocolError, match=message):
+        open_reply(signed(header, blobs_of(reply)), KEY.public_key())
+
+
+def test_changed_layout_breaks_the_result_hash():
+    reply = a_layout_reply()
+    header = reply_header(reply, v=2, copies=[2, 1])  # the digest was made over [4, 1]
+    with pytest.raises(ProtocolError, match="result hash mismatch"):
+        open_reply(signed(header, blobs_of(reply)), KEY.public_key())
+
+
+@pytest.mark.parametrize("copies", [0, 3, 8, True, 4.0])
+def test_block_result_refuses_an_unknown_layout(copies):
+    with pytest.raises(ProtocolError, match="slots per template, expected 1, 2 or 4"):
+        BlockResult(block=0, occupied=b"", ciphertext=b"", copies=copies)
 
 
 def test_error_reply_from_a_request_or_from_fields():
