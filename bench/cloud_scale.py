@@ -310,7 +310,7 @@ def main() -> int:
             "phases": phases,
             "kill": kill,
             "wrong_decisions": sum(p["wrong_decisions"] for p in phases) + kill["wrong_decisions"],
-            "note": "measured while other work ran on the same cores",
+            "load_average_1m_at_end": round(os.getloadavg()[0], 2),  # includes this bench's own replicas
         }
     finally:
         if load is not None:

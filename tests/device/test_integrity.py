@@ -8,6 +8,7 @@ control: honest replies for the enrolled face still open the door, labelled from
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 from types import SimpleNamespace
@@ -255,3 +256,23 @@ def test_forged_match_on_a_removed_subject_stays_locked(agent, world, tmp_path):
         verdict, decision = frame(agent, world, world.alice_live, lambda req: honest(world, req, world.alice_live))
         assert verdict.kind is VerdictKind.DOUBT
     assert agent.lock.is_locked and agent.counters["cloud_integrity"] == 2
+
+
+@pytest.mark.parametrize("claimed", [1, 2])
+def test_a_signed_reply_lying_about_the_block_layout_never_opens(agent, world, claimed):
+    """The cloud names each block's layout (copies); naming another one for the real scan is one more lie."""
+    assert world.gallery.blocks[0].copies != claimed  # the honest layout differs from the claim
+
+    def relabelled(req):
+        reply = honest(world, req, world.alice_live)
+        return dataclasses.replace(reply, results=tuple(dataclasses.replace(r, copies=claimed) for r in reply.results))
+
+    for face in (world.stranger, world.alice_live):
+        for _ in range(2):
+            verdict, decision = frame(agent, world, face, relabelled)
+            assert verdict.kind is not VerdictKind.MATCH and not decision.unlock
+    assert agent.lock.is_locked and agent.lock.pin.state == 0
+    # positive control: the same reply with its true layout opens for Alice
+    for _ in range(2):
+        verdict, decision = frame(agent, world, world.alice_live, lambda req: honest(world, req, world.alice_live))
+    assert verdict.kind is VerdictKind.MATCH and decision.unlock
