@@ -64,6 +64,7 @@ from .store_records import SiteRecord
 log = logging.getLogger("blindgate.cloud.bridge")
 
 SiteLookup = Callable[[str], Awaitable[SiteRecord | None]]  # the site's record, None if not registered
+FirstUse = Callable[[ProbeRequest], Awaitable[bool]]  # True the first time any replica sees this request
 
 
 class MQTTBridge:
@@ -78,6 +79,7 @@ class MQTTBridge:
         metrics: Metrics,
         door_lookup: DoorLookup | None = None,  # without it no door is registered: every probe is refused
         site_refresh: SiteLookup | None = None,  # re-reads the store: a rekey through another replica
+        first_use: FirstUse | None = None,  # cloud-wide once-only check of request ids (replicas: cloud/store_seen.py)
     ) -> None:
         self.config = config
         self.prefix = config.mqtt.topic_prefix
@@ -89,6 +91,7 @@ class MQTTBridge:
         self.metrics = metrics
         self.doors = DoorKeys(door_lookup)
         self.seen = SeenRequests()
+        self.first_use = first_use
         self.reply_ttl = float(config.reply_ttl)
         self.connected = threading.Event()  # set while connected to the broker
         self.subscribed = threading.Event()  # set once the broker has granted the probe subscription
@@ -247,6 +250,16 @@ class MQTTBridge:
         if not self.seen.first_use(req):
             self._drop("replayed")
             return
+        if self.first_use is not None:  # another replica may have scanned it: the broker spreads probes
+            try:
+                first = await self.first_use(req)
+            except Exception:
+                log.exception("cloud-wide replay check failed", extra={"site": req.site, "device": req.device})
+                self._refuse(response_topic, correlation, req, "unavailable", "the cloud cannot check this request now; retry")
+                return
+            if not first:
+                self._drop("replayed")
+                return
         try:
             record = await self.site_lookup(req.site)
             if record is not None and record.key_id != req.key_id and self.site_refresh is not None:

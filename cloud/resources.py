@@ -28,7 +28,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from blindgate.shared.config import CloudConfig
-from blindgate.shared.protocol import new_signing_key, signing_key_from_pem, signing_key_to_pem
+from blindgate.shared.protocol import ProbeRequest, new_signing_key, signing_key_from_pem, signing_key_to_pem
 
 from .bridge import MQTTBridge
 from .matcher import MatcherPool
@@ -37,6 +37,7 @@ from .registration import REGISTRATION, RegistrationGate
 from .replica_sync import ReplicaSync
 from .store import GalleryStore, SiteRecord
 from .store_schema import PG_SCHEMES, store_location
+from .store_seen import SeenStore
 from .store_settings import SIGNING_KEY as SIGNING_KEY_SETTING
 from .store_settings import CloudSettings, FileSecrets, SecretPlace
 
@@ -225,7 +226,14 @@ async def bridge_ctx(app: web.Application) -> AsyncIterator[None]:
     async def site_refresh(site: str) -> SiteRecord | None:
         return await refresh_site(app, site)
 
-    bridge = MQTTBridge(app[CONFIG], app[POOL], app[SIGNING_KEY], site_lookup, app[METRICS], door_lookup, site_refresh)
+    first_use = None
+    if shared_store(app[CONFIG]):  # replicas: a probe replayed to another one is not scanned again
+        seen = SeenStore(app[STORE].database)
+
+        async def first_use(req: ProbeRequest) -> bool:
+            return await in_thread(seen.first_use, req.site, req.device, req.request_id, req.expires_at)
+
+    bridge = MQTTBridge(app[CONFIG], app[POOL], app[SIGNING_KEY], site_lookup, app[METRICS], door_lookup, site_refresh, first_use)
     app[BRIDGE] = bridge
     await bridge.start()
     yield

@@ -49,7 +49,7 @@ from psycopg import conninfo
 
 from blindgate.shared.errors import BlindgateError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # "BGGS" (BlindGate Gallery Store) in PRAGMA application_id: tells our files from other SQLite
 # files. On PostgreSQL the same number keys the advisory lock that serializes migrations.
 APPLICATION_ID = 0x42474753
@@ -91,6 +91,9 @@ class StoreIntegrityError(StoreError):
 
 class Cursor(Protocol):
     """What `Session.execute` returns: sqlite3's or psycopg's cursor."""
+
+    @property
+    def rowcount(self) -> int: ...
 
     def fetchone(self) -> Any: ...
 
@@ -330,6 +333,18 @@ CREATE TABLE cloud_secret (
     created DOUBLE PRECISION NOT NULL
 );
 """
+# Schema 5: probe request ids already scanned by some replica, until they expire (cloud/store_seen.py).
+# The same text on both backends: no BLOB, and REAL is PostgreSQL's single precision, so DOUBLE PRECISION.
+SCHEMA_5 = """
+CREATE TABLE seen_request (
+    site_id    TEXT NOT NULL,
+    device     TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (site_id, device, request_id)
+);
+CREATE INDEX seen_request_expiry ON seen_request (expires_at);
+"""
 # The PostgreSQL schema version: one row, written in the transaction of each migration.
 PG_VERSION_TABLE = """
 CREATE TABLE IF NOT EXISTS blindgate_schema (
@@ -386,6 +401,7 @@ MIGRATIONS = (
     Migration(2, _sqlite_2, _script(PG_SCHEMA_2)),
     Migration(3, _sqlite_3, _script(PG_SCHEMA_3)),
     Migration(4, _script(SQLITE_SCHEMA_4), _script(PG_SCHEMA_4)),
+    Migration(5, _script(SCHEMA_5), _script(SCHEMA_5)),
 )
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
 

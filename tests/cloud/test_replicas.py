@@ -17,7 +17,15 @@ from blindgate.cloud.store import GalleryStore
 from blindgate.cloud.store_settings import PROVISION_TOKEN, CloudSettings
 from blindgate.shared.engine import decode_scan, encrypt_enrollment, encrypt_probe
 from blindgate.shared.launch import CloudService
-from blindgate.shared.protocol import Reply, new_signing_key, open_reply, public_key_from_text, public_key_to_text
+from blindgate.shared.protocol import (
+    Reply,
+    encode_probe_request,
+    new_probe_request,
+    new_signing_key,
+    open_reply,
+    public_key_from_text,
+    public_key_to_text,
+)
 
 from .conftest import Device, embeddings, enroll_headers
 from .test_service import counter, http, wait_for
@@ -217,3 +225,38 @@ def test_concurrent_enrollments_and_a_removal_through_two_replicas_stay_consiste
     assert listings[0] == listings[1] and listings[0]["gallery_version"] == 7
     assert {s["subject"] for s in listings[0]["subjects"]} == {body["subject"] for _, body in results[1:]}
     wait_for(lambda: [counter(s.url, "blindgate_subjects") for s in (first, second)] == [5, 5], 20)
+
+
+def test_a_probe_replayed_across_replicas_is_scanned_once(broker, replicas, pg_url, site_keys):
+    """A captured probe re-published 6 times: the broker spreads the copies over both replicas, one scan in all."""
+    first, second = replicas(1), replicas(2)
+    cloud_key = public_key_from_text(http("GET", f"{first.url}/v1/cloud-key")[1]["cloud_public_key"])
+    door_key = new_signing_key()
+    headers = {
+        "Authorization": f"Bearer {first.provision_token}",
+        "X-Blindgate-Door": "door1",
+        "X-Blindgate-Door-Key": public_key_to_text(door_key.public_key()),
+    }
+    status, info = http("POST", f"{first.url}/v1/sites/home", site_keys.evaluation_bytes, headers)
+    assert status == 201, info
+    enroll(first.url, info["token"], site_keys, FACES[0])
+    device = Device(broker.mqtt_config("door"), "home", "door1", door_key=door_key)
+    try:
+        req = new_probe_request("home", "door1", site_keys.key_id, encrypt_probe(site_keys, FACES[0]), ttl=30)
+        payload = encode_probe_request(req, door_key)
+        for _ in range(6):
+            device.publish_raw(payload, request_id=req.request_id, ttl=30)
+        received = lambda s: counter(s.url, "blindgate_probes_received_total")  # noqa: E731
+        wait_for(lambda: received(first) + received(second) == 6, 30)
+        assert received(first) > 0 and received(second) > 0, "the broker sent every copy to one replica"
+        replies = collect(device, cloud_key, {req.request_id}, 10)
+        assert replies[req.request_id].status == "ok"
+        with pytest.raises(queue.Empty):  # no second answer from either replica
+            device.reply(3)
+        dropped = sum(counter(s.url, "blindgate_probes_dropped_total") for s in (first, second))
+        assert dropped == 5  # all as replays (nothing else is dropped here)
+        # positive control: a fresh probe from the same door is answered
+        fresh = device.probe(site_keys.key_id, encrypt_probe(site_keys, FACES[0]))
+        assert set(collect(device, cloud_key, {fresh.request_id}, 30)) == {fresh.request_id}
+    finally:
+        device.close()

@@ -322,7 +322,7 @@ def test_a_schema_1_store_migrates_to_the_current_schema_keeping_everything(db_p
     with GalleryStore(db_path) as store:
         assert [s.subject_id for s in store.subjects("s")] == ["kept"]
         db = store.database.connection
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         assert "sealed" in {row[1] for row in db.execute("PRAGMA table_info(subject)")}
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert {"door", "rekey", "rekey_subject"} <= tables
@@ -392,7 +392,7 @@ def test_a_schema_3_store_migrates_to_4_keeping_every_row_and_dating_its_blocks(
         assert store.check_token("s", "door-token") and store.rekey.staged("s") is not None
     raw = sqlite3.connect(db_path)
     try:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         for table in OLD_TABLES:  # every old column of every row, unchanged (the new ones come last)
             rows = raw.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
             assert [row[: len(before[table][0])] for row in rows] == before[table], table
