@@ -12,8 +12,9 @@ per identification (the pool's fan-out and merge included), and per worker its b
 accounting and its resident memory (VmRSS).
 
 Then the gallery log: bytes one enrollment writes to the SQLite store (file + WAL growth,
-checkpointed before each measurement) as a logged row (`GalleryLog.enroll`) and the old way (the
-whole block rewritten, `GalleryStore.commit_enrollment`), and the replay cost: a fresh pool's first
+checkpointed before each measurement) as a logged row (`GalleryLog.enroll`), against one whole
+block written (`put_snapshot`: the 30 MB write every enrollment made before the log), and the
+replay cost: a fresh pool's first
 identification with `--log-entries` logged enrollments past the last snapshot, minus one without.
 
 Subject rows of the bulk-imported blocks carry a placeholder instead of their enrollment ciphertext
