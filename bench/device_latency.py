@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np  # noqa: E402
+from detection import clip_frames  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
 STAGES = ("detect_ms", "embed_ms", "encrypt_ms", "round_trip_ms", "decrypt_ms", "total_ms")
@@ -168,16 +169,10 @@ def main() -> int:
             "decrypt_ms": verdict.timings["decrypt_ms"],
         }
 
-    cap = cv2.VideoCapture(str(FACES / "video" / "short_hamilton_clip.mp4"))
     frames = []
-    while True:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    for rgb in clip_frames():  # padded to 640x480, the door's camera size
         pad = max(0, (480 - rgb.shape[0]) // 2)
         frames.append(cv2.copyMakeBorder(rgb, pad, 480 - rgb.shape[0] - pad, 0, 0, cv2.BORDER_CONSTANT))
-    cap.release()
     log(f"{len(frames)} frames of {frames[0].shape[1]}x{frames[0].shape[0]}; timing {args.frames} decisions")
 
     rows, matches, skipped, i = [], 0, 0, 0

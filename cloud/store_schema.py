@@ -251,6 +251,12 @@ CREATE TABLE cloud_secret (
 );
 """
 
+
+def _postgresql(ddl: str) -> str:
+    """SQLite DDL that uses only portable types but BLOB and REAL, in PostgreSQL's names for them."""
+    return ddl.replace(" BLOB ", " BYTEA ").replace(" REAL", " DOUBLE PRECISION")
+
+
 # PostgreSQL: the same tables. Blobs are BYTEA, row ids identities, times DOUBLE PRECISION;
 # subject.slot is BIGINT (a rekey parks slots at slot + 2**32), and the subject -> block key is
 # DEFERRABLE so a rekey can replace the blocks its subjects point at.
@@ -311,28 +317,7 @@ CREATE TABLE rekey_subject (
 # PostgreSQL support came with schema 4, so no PostgreSQL store ever held schema 2's shared door
 # tokens: its schema 3 only adds the column.
 PG_SCHEMA_3 = "ALTER TABLE door ADD COLUMN token_hash BYTEA CHECK (token_hash IS NULL OR length(token_hash) = 32)"
-PG_SCHEMA_4 = """
-ALTER TABLE block ADD COLUMN version INTEGER NOT NULL DEFAULT 0 CHECK (version >= 0);
-ALTER TABLE block ADD COLUMN copies INTEGER NOT NULL DEFAULT 1 CHECK (copies >= 1);
-UPDATE block SET version = (SELECT version FROM site WHERE site.site_id = block.site_id);
-CREATE TABLE gallery_log (
-    site_id    TEXT NOT NULL REFERENCES site (site_id) ON DELETE CASCADE,
-    version    INTEGER NOT NULL CHECK (version > 0),
-    block      INTEGER CHECK (block >= 0),
-    slot       BIGINT CHECK (slot >= 0),
-    op         TEXT NOT NULL CHECK (op IN ('add', 'remove')),
-    subject_id TEXT,
-    enrollment BYTEA NOT NULL,
-    created    DOUBLE PRECISION,
-    PRIMARY KEY (site_id, version)
-);
-CREATE INDEX gallery_log_block ON gallery_log (site_id, block, version);
-CREATE TABLE cloud_secret (
-    name    TEXT PRIMARY KEY CHECK (length(name) > 0),
-    value   BYTEA NOT NULL,
-    created DOUBLE PRECISION NOT NULL
-);
-"""
+PG_SCHEMA_4 = _postgresql(SQLITE_SCHEMA_4)
 # Schema 5: probe request ids already scanned by some replica, until they expire (cloud/store_seen.py).
 # The same text on both backends: no BLOB, and REAL is PostgreSQL's single precision, so DOUBLE PRECISION.
 SCHEMA_5 = """

@@ -57,6 +57,18 @@ def shared_token(pg_url: str) -> str:
     return value.decode()
 
 
+def register(url: str, provision_token: str, site_keys, door_key) -> dict:
+    """Register site "home" with its first door, "door1" (own key), through the replica at `url`."""
+    headers = {
+        "Authorization": f"Bearer {provision_token}",
+        "X-Blindgate-Door": "door1",
+        "X-Blindgate-Door-Key": public_key_to_text(door_key.public_key()),
+    }
+    status, info = http("POST", f"{url}/v1/sites/home", site_keys.evaluation_bytes, headers)
+    assert status == 201, info
+    return info
+
+
 def enroll(url: str, token: str, site_keys, face) -> dict:
     body_bytes = encrypt_enrollment(site_keys, face)
     status, body = http("POST", f"{url}/v1/sites/home/subjects", body_bytes, enroll_headers(token, site_keys.key_id))
@@ -93,13 +105,7 @@ def test_replicas_share_secrets_gallery_and_survive_a_sigkill(broker, replicas, 
 
     # Register through replica 2 with the token replica 1 may have created, enroll face 0 through replica 1.
     door_key = new_signing_key()
-    headers = {
-        "Authorization": f"Bearer {first.provision_token}",  # launch.py reads it from the store
-        "X-Blindgate-Door": "door1",
-        "X-Blindgate-Door-Key": public_key_to_text(door_key.public_key()),
-    }
-    status, info = http("POST", f"{second.url}/v1/sites/home", site_keys.evaluation_bytes, headers)
-    assert status == 201, info
+    info = register(second.url, first.provision_token, site_keys, door_key)  # launch.py reads the token from the store
     assert enroll(first.url, info["token"], site_keys, FACES[0])["gallery_version"] == 1
 
     device = Device(broker.mqtt_config("door"), "home", "door1", door_key=door_key)
@@ -232,13 +238,7 @@ def test_a_probe_replayed_across_replicas_is_scanned_once(broker, replicas, pg_u
     first, second = replicas(1), replicas(2)
     cloud_key = public_key_from_text(http("GET", f"{first.url}/v1/cloud-key")[1]["cloud_public_key"])
     door_key = new_signing_key()
-    headers = {
-        "Authorization": f"Bearer {first.provision_token}",
-        "X-Blindgate-Door": "door1",
-        "X-Blindgate-Door-Key": public_key_to_text(door_key.public_key()),
-    }
-    status, info = http("POST", f"{first.url}/v1/sites/home", site_keys.evaluation_bytes, headers)
-    assert status == 201, info
+    info = register(first.url, first.provision_token, site_keys, door_key)
     enroll(first.url, info["token"], site_keys, FACES[0])
     device = Device(broker.mqtt_config("door"), "home", "door1", door_key=door_key)
     try:

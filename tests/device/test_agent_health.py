@@ -24,37 +24,21 @@ from blindgate.device.health import CLOUD_MISSES
 from blindgate.device.integrity import TemplateCheck
 from blindgate.device.lock import Lock
 from blindgate.shared.config import DecisionConfig, DeviceConfig
-from blindgate.shared.protocol import decode_probe_request
 
 from . import ha_schema
-from .fakes import RecordingLink
+from .fakes import AnsweringClient, RecordingLink
 from .test_agent_replies import DEVICE, SITE, sealed
 from .test_agent_replies import world as world  # noqa: F401  (the module-scoped fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
 
-class Cloud:
-    """A fake paho client: answers each probe at once with an honest reply while `up`, else stays silent."""
+class Cloud(AnsweringClient):
+    """The fake client answering each probe at once with an honest reply while `up`, else silent; records everything."""
 
     def __init__(self, link, world):
-        self.link, self.world, self.up = link, world, True
-
-    def publish(self, topic, payload, qos=0, retain=False, properties=None):
-        self.link.published.append((topic, payload, retain))
-        if topic == self.link.topics.probe and self.up:
-            reply = sealed(self.world, decode_probe_request(payload))
-            self.link.on_message(None, None, SimpleNamespace(topic=self.link.topics.reply, payload=reply, retain=False))
-        return SimpleNamespace(rc=0, wait_for_publish=lambda timeout=None: True)
-
-    def subscribe(self, topics):
-        pass
-
-    def disconnect(self):
-        pass
-
-    def loop_stop(self):
-        pass
+        super().__init__(link, lambda req: sealed(world, req) if self.up else None, record=True)
+        self.up = True
 
 
 class ClientLink(RecordingLink):

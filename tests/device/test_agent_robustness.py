@@ -23,30 +23,9 @@ from blindgate.device.lock import Lock
 from blindgate.shared.config import DecisionConfig, DeviceConfig, MQTTConfig
 from blindgate.shared.protocol import decode_probe_request
 
+from .fakes import AnsweringClient
 from .test_agent_replies import DEVICE, SITE, RecordingLink, sealed
 from .test_agent_replies import world as world  # noqa: F401  (the module-scoped fixture)
-
-
-class AnsweringClient:
-    """A fake paho client: each published probe is answered at once by `answer(request)` on the reply topic."""
-
-    def __init__(self, link, answer):
-        self.link, self.answer = link, answer
-
-    def publish(self, topic, payload, qos=0, retain=False, properties=None):
-        if topic == self.link.topics.probe:
-            reply = self.answer(decode_probe_request(payload))
-            self.link.on_message(None, None, SimpleNamespace(topic=self.link.topics.reply, payload=reply, retain=False))
-        return SimpleNamespace(rc=0, wait_for_publish=lambda timeout=None: True)
-
-    def subscribe(self, topics):
-        pass
-
-    def disconnect(self):
-        pass
-
-    def loop_stop(self):
-        pass
 
 
 def make_agent(world, tmp_path, link):

@@ -14,20 +14,16 @@ import io
 import json
 import os
 import stat
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from blindgate.device import site_export
-from blindgate.device.build import build_agent, open_configured_camera
 from blindgate.device.cli import main as device_main
 from blindgate.device.cloud_client import CloudError
 from blindgate.device.decision import VerdictKind
 from blindgate.device.discovery import discovery_configs
 from blindgate.device.link import DeviceTopics
-from blindgate.device.lock import Lock
 from blindgate.device.site_doors import SiteDoorError, join_site
 from blindgate.device.site_export import SiteExport, open_export, seal_export
 from blindgate.device.state import DeviceState
@@ -36,6 +32,7 @@ from blindgate.shared.launch import write_device_config
 from blindgate.shared.protocol import new_signing_key, public_key_to_text, signing_key_to_pem
 
 from .conftest import provision
+from .test_rekey_integration import run_door as run_agent
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -49,31 +46,7 @@ def with_stdin(monkeypatch, text: str) -> None:
 
 def run_door(config_path: Path) -> tuple[dict, list[tuple[VerdictKind, str]], list[int]]:
     """Run the agent over its camera; returns its counters, every verdict (kind, reason) and the sampled pin."""
-    config = load_config(DeviceConfig, config_path, env={})
-    lock = Lock("GPIO17", pin_factory="mock")
-    pin = lock.pin
-    agent = build_agent(config, lock=lock)
-    verdicts: list[tuple[VerdictKind, str]] = []
-    agent.when_decided = lambda verdict, decision: verdicts.append((verdict.kind, verdict.reason))
-    samples: list[int] = []
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            samples.append(pin.state)
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        agent.connect(wait=10)
-        with open_configured_camera(config) as camera:
-            agent.run(camera)
-    finally:
-        agent.close()
-        done.set()
-        sampler.join()
-    samples.append(pin.state)
+    agent, verdicts, samples = run_agent(config_path)
     return dict(agent.counters), verdicts, samples
 
 
