@@ -7,7 +7,7 @@
 Frames: the recorded Hamilton clip (640x360) padded to 640x480, only frames in which a usable
 face is found (skipped frames cost one detection and are not decisions). Gallery: lin1.png's
 embedding in slot 0 plus random dlib-like templates, built with the engine's bulk import
-(`encrypt_block`, the same layout enrollment builds).
+(`encrypt_block` per `plan_blocks`: the layouts enrollment builds).
 
 Per frame, timed on the device's own code path (`Agent.handle_reply`):
 - detect: HOG detection (tracked around the last face, as the door runs it) + quality checks;
@@ -50,7 +50,7 @@ def pct(values: list[float], q: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=30, help="decisions to time (default 30)")
-    parser.add_argument("--gallery", type=int, default=1000, help="templates in the gallery (<= 4096)")
+    parser.add_argument("--gallery", type=int, default=1000, help="templates (in the layouts enrollment gives)")
     parser.add_argument("--mqtt", action="store_true", help="round trip through a local Mosquitto broker")
     args = parser.parse_args()
     if not FACES.is_dir():
@@ -70,7 +70,15 @@ def main() -> int:
     from blindgate.device.sealing import TemplateSealer
     from blindgate.device.tracking import track_faces
     from blindgate.shared.config import DecisionConfig, DeviceConfig
-    from blindgate.shared.engine import Block, encrypt_block, encrypt_probe, generate_site_keys, scan_blocks
+    from blindgate.shared.engine import (
+        Block,
+        base_slots,
+        encrypt_block,
+        encrypt_probe,
+        generate_site_keys,
+        plan_blocks,
+        scan_blocks,
+    )
     from blindgate.shared.protocol import (
         BlockResult,
         decode_probe_request,
@@ -89,7 +97,9 @@ def main() -> int:
     rng = np.random.default_rng(0)
     templates = np.vstack([enrolled.embedding, rng.normal(0, 0.09, (args.gallery - 1, 128))])
     t0 = time.perf_counter()
-    block = Block.from_bytes(evaluation, encrypt_block(keys, templates))
+    plan = plan_blocks(keys.params, args.gallery)  # the layouts enrollment gives these templates
+    blocks = [Block.from_bytes(evaluation, encrypt_block(keys, templates[a:b], copies=c)) for a, b, c in plan]
+    places = [(i, int(base_slots(keys.params, c)[k])) for i, (a, b, c) in enumerate(plan) for k in range(b - a)]
     log(f"gallery of {args.gallery} built in {time.perf_counter() - t0:.1f} s")
 
     state = Path(tempfile.mkdtemp(prefix="bg-bench-"))
@@ -100,8 +110,8 @@ def main() -> int:
     listing = {
         "gallery_version": 1,
         "subjects": [
-            {"subject": f"s{i}", "label": base64.b64encode(labels.encrypt(f"person {i}")).decode(), "block": 0, "slot": i}
-            for i in range(args.gallery)
+            {"subject": f"s{i}", "label": base64.b64encode(labels.encrypt(f"person {i}")).decode(), "block": b, "slot": slot}
+            for i, (b, slot) in enumerate(places)
         ],
     }
     TemplateSealer.create_key(state)
@@ -125,8 +135,8 @@ def main() -> int:
 
     def cloud_answer(payload: bytes) -> bytes:
         req = verify_probe_request(decode_probe_request(payload), door_key.public_key())
-        (ct,) = scan_blocks(evaluation, [block], req.probe)
-        reply = ok_reply(req, 1, (BlockResult.of(0, block.occupied, ct),))
+        cts = scan_blocks(evaluation, blocks, req.probe)
+        reply = ok_reply(req, 1, tuple(BlockResult.of(i, b.occupied, ct, b.copies) for i, (b, ct) in enumerate(zip(blocks, cts))))
         return seal_reply(reply, signer)
 
     broker = client = None
