@@ -278,10 +278,10 @@ def test_replayed_reply_never_opens(system, lin_frames, stranger_frames):
         # 2. while a new request is pending: replays keep arriving during the stranger's frames
         stop = threading.Event()
 
-        def keep_replaying():
+        def keep_replaying():  # densely: a pending request now lasts ~25 ms per frame
             while not stop.is_set():
                 replay()
-                time.sleep(0.05)
+                time.sleep(0.01)
 
         spammer = threading.Thread(target=keep_replaying)
         spammer.start()
