@@ -3,6 +3,7 @@
     python bench/device_latency.py                 # scan in-process (default)
     python bench/device_latency.py --mqtt          # round trip through a local Mosquitto
     python bench/device_latency.py --frames 40 --gallery 1000
+    python bench/device_latency.py --live-view     # with the web console's live view open (4 pictures/s)
 
 Frames: the recorded Hamilton clip (640x360) padded to 640x480, only frames in which a usable
 face is found (skipped frames cost one detection and are not decisions). Gallery: lin1.png's
@@ -17,6 +18,9 @@ Per frame, timed on the device's own code path (`Agent.handle_reply`):
   `seal_reply`) and, with --mqtt, both MQTT v5 hops through a real broker (responder in a
   thread of this process; the cloud service is not started);
 - decrypt: signature check, freshness check, `decode_scan`, threshold, subject lookup.
+With --live-view, each frame is handed to the console's `LiveView` as the agent does, and a
+thread asks it for a JPEG `live_fps` times a second as an open browser tab makes the console do
+(downscale, draw, encode): its effect on the door's own timings.
 One JSON object on stdout (median and p95 per stage, ms); progress on stderr.
 """
 
@@ -28,6 +32,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -52,6 +57,7 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=30, help="decisions to time (default 30)")
     parser.add_argument("--gallery", type=int, default=1000, help="templates (in the layouts enrollment gives)")
     parser.add_argument("--mqtt", action="store_true", help="round trip through a local Mosquitto broker")
+    parser.add_argument("--live-view", action="store_true", help="a console browser tab open on the live view meanwhile")
     args = parser.parse_args()
     if not FACES.is_dir():
         print(json.dumps({"error": f"face data not found at {FACES}"}))
@@ -185,12 +191,27 @@ def main() -> int:
         frames.append(cv2.copyMakeBorder(rgb, pad, 480 - rgb.shape[0] - pad, 0, 0, cv2.BORDER_CONSTANT))
     log(f"{len(frames)} frames of {frames[0].shape[1]}x{frames[0].shape[0]}; timing {args.frames} decisions")
 
+    live, viewer, watching = None, None, threading.Event()
+    if args.live_view:
+        from blindgate.device.console.live import LiveView
+
+        live = LiveView(config.console.live_width)
+
+        def watch() -> None:  # what the console's /live/frame.jpg does for one open tab
+            while not watching.wait(1 / config.console.live_fps):
+                live.jpeg()
+
+        viewer = threading.Thread(target=watch, daemon=True)
+        viewer.start()
+
     rows, matches, skipped, i = [], 0, 0, 0
     while len(rows) < args.frames and i < 20 * len(frames):
         rgb = frames[i % len(frames)]
         i += 1
         start = time.perf_counter()
         result = analyzer.analyze(rgb)
+        if live is not None:
+            live.frame_seen(rgb, result)
         if not hasattr(result, "embedding"):
             skipped += 1
             continue
@@ -208,6 +229,7 @@ def main() -> int:
         matches += verdict.kind == VerdictKind.MATCH
         rows.append(stages)
 
+    watching.set()
     if args.mqtt:
         agent.close()
         client.loop_stop()
@@ -229,6 +251,7 @@ def main() -> int:
                 "benchmark": "device_latency",
                 "mode": "mqtt (local mosquitto, in-thread responder)" if args.mqtt else "in-process scan",
                 "frame": "640x480",
+                "live_view": {"pictures_encoded": live.frames_encoded, "fps_asked": config.console.live_fps} if live else None,
                 "gallery": args.gallery,
                 "decisions": len(rows),
                 "matches": matches,

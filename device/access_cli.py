@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections.abc import Callable
 
 from blindgate.shared.config import DeviceConfig
 
 from .access_rules import AccessRuleError, AccessRules, Window, check_group_name, describe, windows_for
 from .access_store import AccessRuleFile
-
-SUBJECT_ID = re.compile(r"[0-9a-f]{32}")
+from .people import People
 
 
 def add_access_commands(sub, common: argparse.ArgumentParser) -> dict[str, Callable[[DeviceConfig, argparse.Namespace], int]]:
@@ -49,19 +47,7 @@ def add_access_commands(sub, common: argparse.ArgumentParser) -> dict[str, Calla
 
 
 def _subject_id(config: DeviceConfig, subject: str) -> str:
-    if SUBJECT_ID.fullmatch(subject):
-        return subject
-    ids = [row["subject"] for row in _listing(config) if row["name"] == subject]
-    if len(ids) != 1:
-        raise AccessRuleError(f"{len(ids) or 'no'} subject(s) named {subject!r}: give the subject id (`blindgate-device list`)")
-    return ids[0]
-
-
-def _listing(config: DeviceConfig) -> list[dict]:
-    from .cli import _subjects  # the cloud's list, names decrypted here (late: cli imports this module)
-    from .state import DeviceState
-
-    return _subjects(config, DeviceState(config.state_dir))[1]
+    return People(config).resolve(subject)
 
 
 def cmd_access(config: DeviceConfig, args: argparse.Namespace) -> int:
@@ -70,9 +56,7 @@ def cmd_access(config: DeviceConfig, args: argparse.Namespace) -> int:
     if args.access_command == "show":
         return _show(config, rules, args.json)
     if args.access_command in ("disable", "enable"):
-        subject = _subject_id(config, args.subject)
-        rules.person(subject).enabled = args.access_command == "enable"
-        store.write(rules)
+        subject = People(config).set_enabled(args.subject, args.access_command == "enable")
         print(f"{subject}: access {args.access_command}d")
         return 0
     if args.access_command == "group" and args.action == "window":
@@ -94,18 +78,15 @@ def cmd_access(config: DeviceConfig, args: argparse.Namespace) -> int:
         store.write(rules)
         print(f"group {group}: {', '.join(sorted(s for s, r in rules.people.items() if group in r.groups)) or 'no members'}")
         return 0
-    return _window(config, store, rules, args)
+    return _window(config, args)
 
 
-def _window(config: DeviceConfig, store: AccessRuleFile, rules: AccessRules, args: argparse.Namespace) -> int:
+def _window(config: DeviceConfig, args: argparse.Namespace) -> int:
     if args.action == "clear" and args.windows:
         raise AccessRuleError("window clear takes no windows")
     if args.action == "set" and not args.windows:
         raise AccessRuleError("window set needs at least one window, e.g. 'mon-fri 07:00-19:00' (or use window clear)")
-    windows = [Window.parse(text) for text in args.windows]  # every window checked before anything is written
-    subject = _subject_id(config, args.subject)
-    rules.person(subject).windows = windows
-    store.write(rules)
+    subject, windows = People(config).set_windows(args.subject, args.windows)
     print(f"{subject}: {describe(windows) or 'no windows of their own'}")
     return 0
 
@@ -115,7 +96,7 @@ def _show(config: DeviceConfig, rules: AccessRules, as_json: bool) -> int:
     problem = None
     if rules.people:
         try:
-            names = {row["subject"]: row["name"] for row in _listing(config)}
+            names = {person.subject: person.name for person in People(config).listing()[1]}
         except Exception as exc:  # the rules are local: show them even when the cloud is away
             problem = f"names unavailable ({exc})"
     table = rules.to_json()

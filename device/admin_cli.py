@@ -31,11 +31,23 @@ from blindgate.shared.config import DeviceConfig
 
 from .admin_socket import AdminError, AdminServer, Peer, call, client_path, server_path
 from .claim_cli import read_secret
+from .console.auth import read_new_password
 
 log = logging.getLogger("blindgate.device.admin_cli")
 
 AGENT_COMMANDS = frozenset(
-    {"enroll", "list", "remove", "status", "access", "credentials", "claim-source", "refresh-cloud-key", "rotate-door-key"}
+    {
+        "enroll",
+        "list",
+        "remove",
+        "status",
+        "access",
+        "credentials",
+        "claim-source",
+        "refresh-cloud-key",
+        "rotate-door-key",
+        "console-password",
+    }
 )
 NOT_THROUGH_AGENT = "`{}` does not run through the agent (it runs: {}); stop the service and run it as the service's user"
 _SERIAL = threading.Lock()  # one admin command at a time: they swap sys.stdin/stdout for the caller's
@@ -78,6 +90,8 @@ def build_request(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             raise AdminError("enroll --camera: the running agent holds the camera; enroll from photos, or stop the service")
         for image in args.images:
             request["files"].append({"name": Path(image).name, "data": base64.b64encode(Path(image).read_bytes()).decode()})
+    if args.command == "console-password":  # asked here, where the terminal is; the agent writes the hash
+        request["stdin"] = read_new_password() + "\n"
     if getattr(args, "pin", None) == "-":
         request["stdin"] = (read_secret("-") or "") + "\n"  # read here, where the terminal is
     return request

@@ -18,7 +18,9 @@ score; so do the audit log and the log lines. The access rules (device/access_st
 a confirmed match: a `denied` event, the door stays locked.
 
 Observers attach by callbacks, gpiozero style: `when_decided(verdict, decision)` after every
-judged frame and `when_lock_changed(state)` when the published lock state changes.
+judged frame, `when_lock_changed(state)` when the published lock state changes and
+`when_frame(rgb, analysis)` for every frame read. `divert`, while set, takes the frames instead
+of the door (an enrollment at the camera): nothing is probed, the door stays as it is.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from .claims import ClaimRejection
 from .decision import Decision, DecisionEngine, DoorEvent, VerdictKind
 from .directory import SubjectDirectory
 from .discovery import LOCKED, UNLOCKED, publish_discovery
-from .faces import Analyzer, Rejection
+from .faces import Analyzer, FaceResult, Rejection
 from .health import FRAME_STALL_S, DoorHealth
 from .integrity import TemplateCheck
 from .judge import ReplyJudge, Verdict
@@ -129,6 +131,10 @@ class Agent:
         self.when_lock_changed: Callable[[str], None] | None = None
         self.when_reply_rejected: Callable[[str], None] | None = None  # the reason (device/metrics.py kinds it)
         self.when_operating_point: Callable[[OperatingPoint], None] | None = None  # the identify threshold changed
+        # every frame read, with the face analysis (None: not analysed); the console's live view draws it
+        self.when_frame: Callable[[np.ndarray, FaceResult | Rejection | None], None] | None = None
+        # while set, frames go here instead of the door and nothing is probed (enrolling at the camera)
+        self.divert: Callable[[np.ndarray], None] | None = None
         self.judge = ReplyJudge(keys, directory, integrity, config.decision)
         self.judge.when_alarm = self._integrity_alarm
         self.judge.when_operating_point = self._operating_point_changed
@@ -337,10 +343,17 @@ class Agent:
         self.last_frame_at = time.monotonic()
         self.health.frame_seen()
         self.claims.poll()  # resolve waiting claims (scrypt, so on this thread) before the frame
+        divert = self.divert
+        if divert is not None:
+            self._count("skipped_diverted")  # someone is enrolling in front of the camera: no probe
+            divert(rgb)
+            return None
         if not self.claims.wants_probe():
             self._count("skipped_no_claim")  # verify mode: nothing is probed without a claim
+            self._show(rgb, None)
             return None
         result = self.analyzer.analyze(rgb)
+        self._show(rgb, result)
         if isinstance(result, Rejection):
             self._count(f"skipped_{result.kind}")
             return None
@@ -361,6 +374,15 @@ class Agent:
             extra={"verdict": str(verdict.kind), "event": decision.event},
         )
         return decision
+
+    def _show(self, rgb: np.ndarray, result: FaceResult | Rejection | None) -> None:
+        """Tell `when_frame`; an observer's failure is logged and never touches the door's decision."""
+        if self.when_frame is None:
+            return
+        try:
+            self.when_frame(rgb, result)
+        except Exception:
+            log.exception("frame observer failed")
 
     # -- what the door tells the broker ---------------------------------------------------------
 

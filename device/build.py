@@ -80,7 +80,9 @@ def face_config(config: DeviceConfig) -> FaceConfig:
 def open_configured_camera(config: DeviceConfig) -> FrameStream:
     """The camera named in the device config (0 = the source's own size/rate)."""
     c = config.camera
-    return open_camera(c.source, width=c.width or None, height=c.height or None, fps=c.fps or None, realtime=c.realtime)
+    return open_camera(
+        c.source, width=c.width or None, height=c.height or None, fps=c.fps or None, realtime=c.realtime, loop=c.loop
+    )
 
 
 __all__ = ["build_agent", "face_config", "open_configured_camera"]

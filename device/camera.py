@@ -373,8 +373,9 @@ def open_camera(
     height: int | None = None,
     fps: float | None = None,
     realtime: bool = False,
+    loop: bool = False,
 ) -> FrameStream:
-    """The source a command-line/config string names.
+    """The source a command-line/config string names (`loop`: a video file or folder starts over at its end).
 
     - ``picamera2`` or ``pi``: the Pi camera module (640x480 unless width/height say
       otherwise; 4:3 when only one is given);
@@ -399,9 +400,9 @@ def open_camera(
         return OpenCVSource(text, width, height, fps)
     path = Path(text).expanduser()
     if text and path.is_dir():
-        return ImageFolderSource(path, fps=fps, width=width, height=height)
+        return ImageFolderSource(path, fps=fps, width=width, height=height, loop=loop)
     if text and path.is_file():
-        return VideoFileSource(path, realtime=realtime, fps=fps, width=width, height=height)
+        return VideoFileSource(path, realtime=realtime, fps=fps, width=width, height=height, loop=loop)
     raise ValueError(
         f"camera {spec!r} is not a camera, stream, folder or file: expected 'picamera2' "
         "(or 'pi'), a device index such as '0', a stream URL such as rtsp://host/stream, "

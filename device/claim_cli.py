@@ -74,16 +74,9 @@ def add_claim_commands(sub, common: argparse.ArgumentParser) -> dict[str, Callab
 
 
 def _subject_id(config: DeviceConfig, subject: str) -> str:
-    if SUBJECT_ID.fullmatch(subject):
-        return subject
-    from .cli import _subjects  # the cloud's list, names decrypted here (late: cli imports this module)
-    from .state import DeviceState
+    from .people import People  # late: people imports the enrollment code, which this module must not need
 
-    _, rows = _subjects(config, DeviceState(config.state_dir))
-    ids = [r["subject"] for r in rows if r["name"] == subject]
-    if len(ids) != 1:
-        raise ClaimCommandError(f"{len(ids) or 'no'} subject(s) named {subject!r}: give the subject id (`blindgate-device list`)")
-    return ids[0]
+    return People(config).resolve(subject)
 
 
 def cmd_credentials(config: DeviceConfig, args: argparse.Namespace) -> int:

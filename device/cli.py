@@ -32,7 +32,6 @@ person's typical face than any single photo, and it costs one gallery slot.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ import re
 import secrets
 import signal
 import sys
+from dataclasses import replace
 
 from blindgate.shared.config import ConfigError, DeviceConfig, config_option, load_config
 from blindgate.shared.engine import EngineError, generate_site_keys
@@ -54,21 +54,22 @@ from .admin_socket import AdminError
 from .build import build_agent, face_config, open_configured_camera
 from .claim_cli import add_claim_commands, add_claim_options, read_secret
 from .cloud_client import CloudClient, CloudError
-from .credentials import CredentialStore, drop_credentials, set_credentials
+from .console.auth import AdminPassword
+from .console.password_cli import add_console_password_command
 from .door_key import ensure_door_key, public_text, rotate_door_key
 from .endpoint import EndpointError, start_endpoint
-from .enrollment import Site, enroll, faces_from_frames, faces_from_photos, parse_face_choice
+from .enrollment import faces_from_frames, faces_from_photos, parse_face_choice
 from .faces import FaceAnalyzer, load_image
 from .labels import LabelCipher, LabelError
 from .notify import Notifier
 from .operating_point import CalibrationError, Enrollment, check_decision_config, operating_point
 from .optional_imports import MissingDependency
+from .people import People, cloud_client
 from .provision import check_cloud_url, confirm_cloud_key, fingerprint, progress, refresh_cloud_key, step, tls_context
 from .rekey import RekeyError, rekey
 from .sealing import KEY_FILE as TEMPLATE_KEY_FILE
 from .sealing import TemplateSealer
 from .site_cli import add_site_commands, cmd_join
-from .site_state import SiteState
 from .state import CloudLink, DeviceState, StateError
 
 log = logging.getLogger("blindgate.device.cli")
@@ -86,9 +87,7 @@ def new_subject_id() -> str:
     return secrets.token_hex(16)
 
 
-def _client(config: DeviceConfig, state: DeviceState) -> CloudClient:
-    link = state.load_cloud()
-    return CloudClient(config.cloud_url, config.site, token=link.token, tls=tls_context(config.cloud_ca_file))
+_client = cloud_client
 
 
 # -- init --------------------------------------------------------------------------------------
@@ -157,22 +156,10 @@ def _analyzer(config: DeviceConfig) -> FaceAnalyzer:
     return FaceAnalyzer(face_config(config))
 
 
-def _enrollment_site(config: DeviceConfig, state: DeviceState) -> Site:
-    check_decision_config(config.decision)
-    return Site(
-        keys=state.load_keys(),
-        sealer=TemplateSealer.load(state.dir, config.site),
-        labels=LabelCipher.load(state.dir, config.site),
-        client=_client(config, state),
-        site_state=SiteState(state.dir, config.site),
-        decision=config.decision,
-    )
-
-
 def cmd_enroll(config: DeviceConfig, args) -> int:
-    """Checks and enrollment live in device/enrollment.py; here only the arguments and the camera."""
-    state = DeviceState(config.state_dir)
-    site = _enrollment_site(config, state)  # unprovisioned: fail before the camera or photos are read
+    """Checks and enrollment live in device/enrollment.py (through device/people.py); here only the arguments and the camera."""
+    people = People(config)
+    people.site()  # unprovisioned: fail before the camera or photos are read
     analyzer = _analyzer(config)
     if args.camera:
         with open_configured_camera(config) as camera:
@@ -181,11 +168,8 @@ def cmd_enroll(config: DeviceConfig, args) -> int:
         if not args.images:
             raise UsageError("give one or more IMAGE files, or --camera")
         faces = faces_from_photos(analyzer, ((p, load_image(p)) for p in args.images), parse_face_choice(args.face))
-    pin, credentials = read_secret(args.pin), CredentialStore(state.dir)  # claimed-identity mode (device/claim_cli.py)
-    if args.add_to is None:
-        credentials.check_available(None, badge=args.badge, pin=pin)  # refused before anything is enrolled
-    result = enroll(site, args.name, faces, add_to=args.add_to, carry_over=credentials.move)
-    set_credentials(state.dir, result["subject"], args.badge, pin)
+    pin = read_secret(args.pin)  # claimed-identity mode (device/claim_cli.py)
+    result = people.enroll(args.name, faces, add_to=args.add_to, badge=args.badge, pin=pin)
     print(json.dumps(result))
     return 0
 
@@ -193,29 +177,9 @@ def cmd_enroll(config: DeviceConfig, args) -> int:
 # -- list / remove / status ----------------------------------------------------------------------
 
 
-def _subjects(config: DeviceConfig, state: DeviceState) -> tuple[int, list[dict]]:
-    labels = LabelCipher.load(state.dir, config.site)
-    answer = _client(config, state).subjects()
-    rows = []
-    for item in answer.get("subjects", []):
-        try:
-            name = labels.decrypt(base64.b64decode(item["label"]))
-        except (LabelError, ValueError, TypeError):
-            name = None
-        rows.append(
-            {
-                "subject": item["subject"],
-                "name": name,
-                "block": item.get("block"),
-                "slot": item.get("slot"),
-                "created": item.get("created"),
-            }
-        )
-    return int(answer.get("gallery_version", 0)), rows
-
-
 def cmd_list(config: DeviceConfig, args) -> int:
-    version, rows = _subjects(config, DeviceState(config.state_dir))
+    version, people = People(config).listing()
+    rows = [p.as_row() for p in people]
     if args.json:
         print(json.dumps({"gallery_version": version, "subjects": rows}))
         return 0
@@ -229,22 +193,9 @@ def cmd_list(config: DeviceConfig, args) -> int:
 
 
 def cmd_remove(config: DeviceConfig, args) -> int:
-    state = DeviceState(config.state_dir)
-    if SUBJECT_ID.fullmatch(args.subject):
-        ids = [args.subject]  # an id needs no cloud to be denied (the cloud may be down, or hide it)
-    else:
-        _, rows = _subjects(config, state)
-        ids = [r["subject"] for r in rows if r["name"] == args.subject]
-        if len(ids) > 1:
-            raise UsageError(f"{len(ids)} subjects are named {args.subject!r}: give the subject id ({', '.join(ids)})")
-    if not ids:
-        raise UsageError(f"no subject {args.subject!r} (see `blindgate-device list`)")
-    # Denied on the device FIRST (site_state.json): a failing or lying cloud cannot bring them back in.
-    denied = SiteState(state.dir, config.site).deny([ids[0]])
-    drop_credentials(state.dir, ids[0])  # their badge and PIN claim nobody any more
-    print(f"denied {ids[0]} at this site (site state version {denied.version})")
-    answer = _client(config, state).remove(ids[0])
-    print(f"removed {ids[0]}; gallery version {answer.get('gallery_version')}")
+    """Denied on the device first (a failing or lying cloud cannot bring them back in), then removed in the cloud."""
+    answer = People(config).remove(args.subject, say=print)
+    print(f"removed {answer['subject']}; gallery version {answer['gallery_version']}")
     return 0
 
 
@@ -304,7 +255,9 @@ def cmd_run(config: DeviceConfig, args) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    endpoint = start_endpoint(config, agent)  # /metrics, /healthz: None unless [endpoint] enabled
+    endpoint = start_endpoint(config, agent)  # /metrics, /healthz, the console: None unless [endpoint] or [console] enabled
+    if endpoint is not None and config.console.enabled:
+        print(f"door console: {endpoint.url}/", file=sys.stderr, flush=True)
     admin = None
     try:
         admin = start_admin(config)  # `--via-agent` commands: None unless RuntimeDirectory= or [admin] socket
@@ -321,6 +274,15 @@ def cmd_run(config: DeviceConfig, args) -> int:
         if timings:
             log.info("frames judged", extra={"frames": len(timings), "counters": agent.counters})
     return 0
+
+
+def cmd_console(config: DeviceConfig, args) -> int:
+    """`run` with the web console on (for trying it out; a service sets `[console] enabled = true`)."""
+    config = replace(config, console=replace(config.console, enabled=True))
+    if AdminPassword.load(config.state_dir) is None:
+        print("no console password is set: run `blindgate-device console-password` first", file=sys.stderr)
+        return 1
+    return cmd_run(config, args)
 
 
 def cmd_rotate_door_key(config: DeviceConfig, args) -> int:
@@ -361,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("rekey", parents=[common], help="renew the site's CKKS keys; nobody needs to enroll again")
     p = sub.add_parser("run", parents=[common], help="run the door agent")
     p.add_argument("--max-frames", type=int, default=None, help=argparse.SUPPRESS)
+    p = sub.add_parser("console", parents=[common], help="run the door agent with its web console on (see [console])")
+    p.add_argument("--max-frames", type=int, default=None, help=argparse.SUPPRESS)
     p = sub.add_parser("threshold", parents=[common], help="the threshold max_false_open gives, and its expected rates")
     p.add_argument("--enrolled", type=int, required=True, help="templates compared against (people enrolled)")
     p.add_argument("--mode", choices=("identify", "verify"), default="identify")
@@ -380,11 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     COMMANDS.update(add_claim_commands(sub, common))
     COMMANDS.update(add_access_commands(sub, common))
     COMMANDS.update(add_site_commands(sub, common))
+    COMMANDS.update(add_console_password_command(sub, common))
     return parser
 
 
 COMMANDS = {"init": cmd_init, "enroll": cmd_enroll, "list": cmd_list, "remove": cmd_remove, "status": cmd_status, "run": cmd_run}
 COMMANDS["rekey"] = cmd_rekey
+COMMANDS["console"] = cmd_console
 COMMANDS["threshold"] = cmd_threshold
 COMMANDS["refresh-cloud-key"] = cmd_refresh_cloud_key
 COMMANDS["rotate-door-key"] = cmd_rotate_door_key

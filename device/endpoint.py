@@ -1,6 +1,7 @@
 """The door agent's one local HTTP endpoint: `/metrics` and `/healthz`, in the agent's own process.
 
-Off unless `[endpoint] enabled = true`; it binds loopback (127.0.0.1:9610) unless told otherwise.
+Off unless `[endpoint] enabled = true` (or `[console] enabled = true`: the web console, device/console/,
+adds its pages to this same app); it binds loopback (127.0.0.1:9610) unless told otherwise.
 It runs an aiohttp app on its own event loop in a background thread, so the agent's frame loop
 never waits on a scraper. Later routes (service administration, the web console) go on the same
 app through `app.router` before `start()`: one server, not one per feature.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import ssl
 import threading
 
 from aiohttp import web
@@ -53,9 +55,9 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"healthy": healthy}, status=200 if healthy else 503)
 
 
-def make_app(agent: Agent, metrics: DoorMetrics) -> web.Application:
+def make_app(agent: Agent, metrics: DoorMetrics, client_max_size: int = 1024**2) -> web.Application:
     """The endpoint's routes; add more to `app.router` before the endpoint starts."""
-    app = web.Application()
+    app = web.Application(client_max_size=client_max_size)
     app[AGENT] = agent
     app[METRICS] = metrics
     app.router.add_get("/metrics", _metrics)
@@ -66,9 +68,10 @@ def make_app(agent: Agent, metrics: DoorMetrics) -> web.Application:
 class DoorEndpoint:
     """The aiohttp app on its own loop in a daemon thread; `start()` returns once it listens."""
 
-    def __init__(self, config: EndpointConfig, app: web.Application) -> None:
+    def __init__(self, config: EndpointConfig, app: web.Application, ssl_context: ssl.SSLContext | None = None) -> None:
         self.config = config
         self.app = app
+        self.ssl_context = ssl_context
         self.port: int | None = None  # the bound port (config.port, or the one picked for port 0)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -84,7 +87,13 @@ class DoorEndpoint:
         if not self._started.wait(timeout) or self._error is not None:
             self.stop()
             raise EndpointError(f"endpoint {self.config.host}:{self.config.port} did not start: {self._error}")
-        log.info("door endpoint on http://%s:%s/metrics", self.config.host, self.port)
+        log.info("door endpoint on %s/metrics", self.url)
+
+    @property
+    def url(self) -> str:
+        """The endpoint's base address, e.g. http://127.0.0.1:9610 (https with the console's TLS)."""
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        return f"{'https' if self.ssl_context else 'http'}://{host}:{self.port}"
 
     def _serve(self) -> None:
         loop = self._loop = asyncio.new_event_loop()
@@ -107,7 +116,7 @@ class DoorEndpoint:
     async def _listen(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        site = web.TCPSite(self._runner, self.config.host, self.config.port, ssl_context=self.ssl_context)
         await site.start()
         server = site._server  # the bound socket: the real port when config.port is 0
         sockets = getattr(server, "sockets", None) or []
@@ -124,13 +133,22 @@ class DoorEndpoint:
 
 
 def start_endpoint(config: DeviceConfig, agent: Agent) -> DoorEndpoint | None:
-    """The door's endpoint if `[endpoint] enabled`, started and following `agent`; None when off."""
-    if not config.endpoint.enabled:
+    """The door's endpoint if `[endpoint]` or `[console]` is enabled, started and following `agent`; None when off."""
+    if not (config.endpoint.enabled or config.console.enabled):
         return None
     metrics = DoorMetrics()
     metrics.attach(agent)
-    endpoint = DoorEndpoint(config.endpoint, make_app(agent, metrics))
+    if not config.console.enabled:
+        endpoint = DoorEndpoint(config.endpoint, make_app(agent, metrics))
+        endpoint.start()
+        return endpoint
+    from .console import MAX_BODY, add_console, tls_context  # late: the console builds on this module
+
+    app = make_app(agent, metrics, client_max_size=MAX_BODY)
+    add_console(app, agent, config)
+    endpoint = DoorEndpoint(config.endpoint, app, tls_context(config))
     endpoint.start()
+    log.info("door console on %s/", endpoint.url)
     return endpoint
 
 

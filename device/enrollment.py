@@ -32,6 +32,7 @@ import secrets
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 import numpy as np
@@ -172,28 +173,134 @@ def faces_from_photos(
     return found
 
 
+class FrameAdvice(StrEnum):
+    """What a camera enrollment tells the person after each frame (the CLI says it, the console shows it)."""
+
+    NO_FACE = "no_face"
+    SEVERAL_FACES = "several_faces"
+    TOO_SMALL = "too_small"
+    TOO_BLURRY = "too_blurry"
+    GOOD = "good"
+
+
+ADVICE_TEXT = {
+    FrameAdvice.NO_FACE: "look at the camera",
+    FrameAdvice.SEVERAL_FACES: "only the person enrolling may be in view",
+    FrameAdvice.TOO_SMALL: "step closer",
+    FrameAdvice.TOO_BLURRY: "hold still",
+    FrameAdvice.GOOD: "good, hold still",
+}
+
+
+@dataclass(frozen=True)
+class FrameCheck:
+    """One frame's verdict for enrollment: the advice, why, the faces seen, and the progress."""
+
+    advice: FrameAdvice
+    reason: str
+    boxes: tuple[FaceBox, ...]
+    good: int
+    wanted: int
+
+    @property
+    def text(self) -> str:
+        return ADVICE_TEXT[self.advice]
+
+
+class FrameCollector:
+    """Collects `wanted` good single-face frames that agree as one person, with advice after each frame.
+
+    The CLI's `enroll --camera` (faces_from_frames) and the console's live enrollment both feed it,
+    so both apply the same rules: one face in view, large and sharp enough (the door's own gates).
+    A person turning their head gives the odd frame that sits further than `ENROLLMENT_PAIR_BOUND`
+    from the others; rather than refusing the whole enrollment afterwards, the collector keeps the
+    last `4 * wanted` good frames and finishes once `wanted` of them agree pairwise (the check
+    `enroll` makes again before anything is stored).
+    """
+
+    def __init__(self, finder: FaceFinder, wanted: int, patience: int = 20, bound: float = ENROLLMENT_PAIR_BOUND) -> None:
+        if wanted < 1:
+            raise EnrollmentError("at least one good frame is needed")
+        self.finder, self.wanted, self.patience, self.bound = finder, wanted, patience, bound
+        self.candidates: list[EnrollFace] = []
+        self.faces: list[EnrollFace] = []  # the largest agreeing set found so far (at most `wanted`)
+        self.seen = 0
+
+    @property
+    def complete(self) -> bool:
+        return len(self.faces) >= self.wanted
+
+    @property
+    def finished(self) -> bool:
+        """Enough good frames, or no more patience."""
+        return self.complete or self.seen >= self.wanted * self.patience
+
+    def offer(self, rgb: np.ndarray) -> FrameCheck:
+        """Judge one frame; a good one is kept (its embedding computed here)."""
+        self.seen += 1
+        boxes = self.finder.detect(rgb)
+        if len(boxes) > 1:
+            return self._check(FrameAdvice.SEVERAL_FACES, f"{len(boxes)} faces in view", boxes)
+        if not boxes:
+            return self._check(FrameAdvice.NO_FACE, "no face", boxes)
+        problem = quality_problem(self.finder, rgb, boxes[0])
+        if problem is not None:
+            small = boxes[0].width < self.finder.config.min_face_px
+            return self._check(FrameAdvice.TOO_SMALL if small else FrameAdvice.TOO_BLURRY, problem, boxes)
+        if not self.complete:
+            self.candidates = [*self.candidates, EnrollFace(f"frame {self.seen}", self.finder.embed(rgb, boxes[0]), boxes[0])]
+            self.candidates = self.candidates[-4 * self.wanted :]
+            self.faces = agreeing_faces(self.candidates, self.wanted, self.bound)
+        return self._check(FrameAdvice.GOOD, "good face", boxes)
+
+    def _check(self, advice: FrameAdvice, reason: str, boxes: list[FaceBox]) -> FrameCheck:
+        return FrameCheck(advice, reason, tuple(boxes), len(self.faces), self.wanted)
+
+    def result(self) -> list[EnrollFace]:
+        """The agreeing good frames; an EnrollmentError when there are too few."""
+        if not self.complete:
+            raise EnrollmentError(
+                f"only {len(self.faces)} of {self.wanted} good frames that agree: look at the camera alone, "
+                "in better light, and hold still"
+            )
+        return list(self.faces)
+
+
+def agreeing_faces(faces: list[EnrollFace], wanted: int, bound: float = ENROLLMENT_PAIR_BOUND) -> list[EnrollFace]:
+    """Up to `wanted` faces that agree pairwise within `bound`, greedily from the most central one (in frame order)."""
+    if not faces:
+        return []
+    vectors = np.array([f.embedding for f in faces], dtype=np.float64)
+    apart = np.linalg.norm(vectors[:, None, :] - vectors[None, :, :], axis=-1)
+    best: list[int] = []
+    for anchor in range(len(faces)):
+        chosen = [anchor]
+        for other in np.argsort(apart[anchor], kind="stable"):
+            if len(chosen) >= wanted:
+                break
+            if other != anchor and all(apart[other, c] <= bound for c in chosen):
+                chosen.append(int(other))
+        if len(chosen) > len(best):
+            best = chosen
+    return [faces[i] for i in sorted(best)]
+
+
 def faces_from_frames(
     finder: FaceFinder, frames: Iterable[np.ndarray], wanted: int, patience: int = 20, say: Say = _stderr
 ) -> list[EnrollFace]:
     """`wanted` good single-face frames (several faces: skipped, who enrolls?); says each good one, and why not."""
-    found: list[EnrollFace] = []
-    for seen, rgb in enumerate(frames, 1):
-        boxes = finder.detect(rgb)
-        problem = quality_problem(finder, rgb, boxes[0]) if len(boxes) == 1 else "no face"
-        if len(boxes) > 1:
-            say(f"skipped frame {seen}: {len(boxes)} faces in view, only the person enrolling may be")
-        elif problem is None:
-            found.append(EnrollFace(f"frame {seen}", finder.embed(rgb, boxes[0]), boxes[0]))
-            say(f"frame {seen}: good face, {len(found)} of {wanted}")
-            if len(found) >= wanted:
-                break
+    collector = FrameCollector(finder, wanted, patience)
+    for rgb in frames:
+        check, seen = collector.offer(rgb), collector.seen
+        if check.advice is FrameAdvice.SEVERAL_FACES:
+            say(f"skipped frame {seen}: {check.reason}, only the person enrolling may be")
+        elif check.advice is FrameAdvice.GOOD:
+            say(f"frame {seen}: good face, {check.good} of {wanted}")
         elif seen % 10 == 0:
-            say(f"skipped frame {seen}: {problem} ({len(found)} of {wanted} good frames so far)")
-        if seen >= wanted * patience:
+            say(f"skipped frame {seen}: {check.reason} ({check.good} of {wanted} good frames so far)")
+        if collector.finished:
             break
-    if len(found) < wanted:
-        raise EnrollmentError(f"only {len(found)} of {wanted} good frames: look at the camera alone, in better light")
-    return found
+    return collector.result()
 
 
 # -- one person ----------------------------------------------------------------------------------
@@ -429,6 +536,10 @@ __all__ = [
     "RECOGNITION_FLOOR",
     "EnrollFace",
     "EnrollmentError",
+    "FrameAdvice",
+    "FrameCheck",
+    "FrameCollector",
+    "agreeing_faces",
     "Gallery",
     "Site",
     "check_one_person",

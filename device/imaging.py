@@ -14,6 +14,7 @@ borders exactly.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,17 @@ def load_image(path: str | Path) -> np.ndarray:
     OpenCV does (both use libjpeg-turbo), so embeddings do not depend on the decoder.
     """
     path = Path(path)
+    return _read(path, path)
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """An uploaded image file's bytes as `load_image` would read the file (`name` only for the errors)."""
+    return _read(io.BytesIO(data), name)
+
+
+def _read(source: Path | io.BytesIO, path: object) -> np.ndarray:
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             image.load()
             if image.mode in _WIDE_MODES:
                 wide = np.asarray(image).astype(np.int64)
@@ -47,7 +57,8 @@ def load_image(path: str | Path) -> np.ndarray:
     except OSError as exc:  # UnidentifiedImageError, a truncated file: no errno; a missing file has one
         if exc.errno is not None:
             raise
-        raise ValueError(f"cannot decode image {path}: not an image format Pillow can read ({exc})") from None
+        detail = str(exc).replace(repr(source), str(path))  # an upload's BytesIO is no name anyone knows
+        raise ValueError(f"cannot decode image {path}: not an image format Pillow can read ({detail})") from None
     return np.ascontiguousarray(rgb)
 
 

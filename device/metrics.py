@@ -143,15 +143,15 @@ class DoorMetrics:
     def attach(self, agent: Agent) -> None:
         """Follow `agent` through its callbacks, keeping any observer already attached."""
         self.registry.register(_AgentState(agent))
-        agent.when_decided = _chain(agent.when_decided, self.decided)
-        agent.when_reply_rejected = _chain(agent.when_reply_rejected, self.reply_rejected)
+        agent.when_decided = chain(agent.when_decided, self.decided)
+        agent.when_reply_rejected = chain(agent.when_reply_rejected, self.reply_rejected)
 
     def render(self) -> bytes:
         """The Prometheus text exposition (exact numbers)."""
         return generate_latest(self.registry)
 
 
-def _chain(first: Callable[..., None] | None, then: Callable[..., None]) -> Callable[..., None]:
+def chain(first: Callable[..., None] | None, then: Callable[..., None]) -> Callable[..., None]:
     if first is None:
         return then
 
@@ -162,4 +162,4 @@ def _chain(first: Callable[..., None] | None, then: Callable[..., None]) -> Call
     return both
 
 
-__all__ = ["DoorMetrics", "RejectKind", "reject_kind"]
+__all__ = ["DoorMetrics", "RejectKind", "chain", "reject_kind"]

@@ -88,6 +88,7 @@ class CameraConfig:
     height: int = 480
     fps: float = 10.0
     realtime: bool = True  # pace video files and folders at `fps` like a live camera
+    loop: bool = False  # a video file or folder starts over at its end (a demo or test camera)
 
 
 @dataclass
@@ -151,6 +152,20 @@ class EndpointConfig:
 
 
 @dataclass
+class ConsoleConfig:
+    """The door's web console (device/console/), served on the endpoint's address: off by default."""
+
+    enabled: bool = False
+    tls_cert: str = ""  # PEM certificate (chain) and key: the endpoint then serves HTTPS only
+    tls_key: str = ""
+    allow_plain_http: bool = False  # a non-loopback address without TLS is refused unless this is true
+    session_hours: float = 12.0  # a login lasts at most this long (30 idle minutes end it sooner)
+    live_fps: float = 4.0  # live-view pictures per second a browser asks for
+    live_width: int = 480  # live-view picture width in pixels (the camera frame is downscaled)
+    enroll_frames: int = 5  # good camera frames averaged into a template, as `enroll --camera --frames`
+
+
+@dataclass
 class AccessConfig:
     """Access rules (device/access_rules.py; managed with `blindgate-device access`)."""
 
@@ -192,6 +207,7 @@ class DeviceConfig:
     decision: DecisionConfig = field(default_factory=DecisionConfig)
     lock: LockConfig = field(default_factory=LockConfig)
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     access: AccessConfig = field(default_factory=AccessConfig)
     snapshots: SnapshotConfig = field(default_factory=SnapshotConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)

@@ -5,9 +5,9 @@ import stat
 
 import pytest
 
-from blindgate.device import access_cli
 from blindgate.device.access_store import AccessRuleFile
 from blindgate.device.cli import main
+from blindgate.device.people import People, Person
 
 ALICE, BOB = "a" * 32, "b" * 32
 
@@ -15,8 +15,8 @@ ALICE, BOB = "a" * 32, "b" * 32
 @pytest.fixture
 def state(tmp_path, monkeypatch):
     monkeypatch.setenv("BLINDGATE_STATE_DIR", str(tmp_path))
-    listing = [{"subject": ALICE, "name": "Alice"}, {"subject": BOB, "name": "Bob"}, {"subject": "c" * 32, "name": "Bob"}]
-    monkeypatch.setattr(access_cli, "_listing", lambda config: listing)  # the cloud's list, names decrypted
+    listing = [Person(ALICE, "Alice", 0), Person(BOB, "Bob", 0), Person("c" * 32, "Bob", 0)]
+    monkeypatch.setattr(People, "listing", lambda self: (3, listing))  # the cloud's list, names decrypted
     return tmp_path
 
 
@@ -34,7 +34,7 @@ def test_disable_and_enable_by_id_or_unique_name(state, capsys):
 
 def test_an_ambiguous_or_unknown_name_changes_nothing(state, capsys):
     assert main(["access", "disable", "Bob"]) == 1
-    assert "2 subject(s) named 'Bob'" in capsys.readouterr().err
+    assert "2 subjects are named 'Bob'" in capsys.readouterr().err
     assert main(["access", "disable", "Carol"]) == 1
     assert not (state / "access_rules.json").exists()
 
@@ -75,7 +75,7 @@ def test_show_works_without_the_cloud(state, capsys, monkeypatch):
     def offline(config):
         raise OSError("connection refused")
 
-    monkeypatch.setattr(access_cli, "_listing", offline)
+    monkeypatch.setattr(People, "listing", offline)
     capsys.readouterr()
     assert main(["access", "show"]) == 0
     out = capsys.readouterr().out

@@ -19,6 +19,7 @@ from blindgate.device.enrollment import (
     EnrollFace,
     EnrollmentError,
     Site,
+    agreeing_faces,
     check_one_person,
     duplicate_threshold,
     enroll,
@@ -433,9 +434,10 @@ def test_real_add_to_replaces_the_template_end_to_end(door, capsys):
 
 def test_list_points_out_a_name_enrolled_twice(monkeypatch, capsys, tmp_path):
     import blindgate.device.cli as cli
+    from blindgate.device.people import People, Person
 
-    rows = [{"subject": s, "name": n, "created": 0} for s, n in (("a" * 32, "Kit"), ("b" * 32, "Rose"), ("c" * 32, "Kit"))]
-    monkeypatch.setattr(cli, "_subjects", lambda config, state: (3, rows))
+    rows = [Person(s, n, 0) for s, n in (("a" * 32, "Kit"), ("b" * 32, "Rose"), ("c" * 32, "Kit"))]
+    monkeypatch.setattr(People, "listing", lambda self: (3, rows))
     monkeypatch.setenv("BLINDGATE_STATE_DIR", str(tmp_path))
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
@@ -443,3 +445,33 @@ def test_list_points_out_a_name_enrolled_twice(monkeypatch, capsys, tmp_path):
     rows.pop()  # positive control: no note without a repeated name
     assert cli.main(["list"]) == 0
     assert "note" not in capsys.readouterr().out
+
+
+def test_camera_enrollment_keeps_the_frames_that_agree_and_skips_the_odd_one():
+    """A head turned in one frame puts it further than the pair bound from the rest: the collector leaves it out."""
+    base = person(700)
+    odd = base.copy()
+    odd[0] += ENROLLMENT_PAIR_BOUND + 0.05
+    embeddings = iter([odd, base, base + 0.01, base - 0.01, base + 0.02])
+
+    class Turning(FakeFinder):
+        def embed(self, rgb, box):
+            return next(embeddings)
+
+    faces = faces_from_frames(Turning([[BOXES[0]]]), [image(0)] * 5, wanted=4, say=lambda _: None)
+    assert [f.source for f in faces] == ["frame 2", "frame 3", "frame 4", "frame 5"]
+    check_one_person(faces)  # what enroll() checks again
+    # Control: with all five needed, the odd frame cannot be left out and too few agree.
+    embeddings = iter([odd, base, base + 0.01, base - 0.01, base + 0.02])
+    with pytest.raises(EnrollmentError, match="only 4 of 5 good frames that agree"):
+        faces_from_frames(Turning([[BOXES[0]]]), [image(0)] * 5, wanted=5, patience=1, say=lambda _: None)
+
+
+def test_agreeing_faces_picks_the_largest_agreeing_group():
+    a = person(1)
+    far = a.copy()
+    far[0] += 1.0
+    faces = [EnrollFace(f"f{i}", e) for i, e in enumerate([far, a, a + 0.01, far + 0.01, a - 0.01])]
+    assert [f.source for f in agreeing_faces(faces, 3)] == ["f1", "f2", "f4"]
+    assert len(agreeing_faces(faces, 10)) == 3
+    assert agreeing_faces([], 3) == []
