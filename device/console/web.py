@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import re
 import secrets
 import threading
@@ -38,6 +39,8 @@ from .capture import CameraEnrollment
 from .live import LiveView
 
 HERE = Path(__file__).resolve().parent
+MAX_FLASH_SESSIONS = 16
+log = logging.getLogger("blindgate.device.console")
 SESSION_COOKIE = "blindgate_session"
 LOGIN_COOKIE = "blindgate_login"  # the login form's CSRF token (double submit: the form and this cookie agree)
 UNGUARDED = ("/metrics", "/healthz")
@@ -80,7 +83,12 @@ class Console:
             return None
         cached = self._password
         if cached is None or cached[0] != stamp:
-            cached = self._password = (stamp, AdminPassword.load(self.config.state_dir))
+            try:
+                loaded = AdminPassword.load(self.config.state_dir)
+            except ConsoleAuthError as exc:  # nobody logs in until it is set again; said once per change
+                log.error("console: %s", exc)
+                loaded = None
+            cached = self._password = (stamp, loaded)
         return cached[1]
 
     def session_of(self, request: web.Request) -> Session | None:
@@ -94,6 +102,8 @@ class Console:
         session = self.session_of(request)
         if session is not None:
             with self._guard:
+                if len(self.flashes) > 4 * MAX_FLASH_SESSIONS:  # sessions that ended before reading theirs
+                    self.flashes.clear()
                 self.flashes.setdefault(session.token, []).append((kind, text))
 
     def take_flashes(self, session: Session | None) -> list[tuple[str, str]]:

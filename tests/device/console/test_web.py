@@ -175,6 +175,15 @@ async def test_no_password_set_nobody_logs_in(client, tmp_path):
     assert (await log_in(client)).status == 403
 
 
+@pytest.mark.asyncio
+async def test_a_corrupt_password_file_lets_nobody_in_and_breaks_nothing_else(client, tmp_path):
+    (tmp_path / "console_password.json").write_text("{not json")
+    assert (await log_in(client)).status == 403
+    assert (await client.get("/metrics")).status == 200
+    set_password(tmp_path, PASSWORD)  # the fix the log line names
+    assert (await log_in(client)).status == 303
+
+
 # -- changing things --------------------------------------------------------------------------------
 
 
