@@ -63,6 +63,7 @@ from .health import FRAME_STALL_S, DoorHealth
 from .integrity import TemplateCheck
 from .judge import ReplyJudge, Verdict
 from .link import LinkLost, MqttLink
+from .liveness_watch import LivenessWatch, Outcome
 from .lock import DoorLock
 from .notify import Notifier
 from .operating_point import OperatingPoint, check_decision_config
@@ -93,6 +94,7 @@ class Agent:
         claims: ClaimGate | None = None,
         access: AccessPolicy | None = None,
         snapshots: SnapshotStore | None = None,
+        liveness: LivenessWatch | None = None,
     ) -> None:
         check_decision_config(config.decision)  # a bad mode or target is an error at start, not at the door
         self.config = config
@@ -109,6 +111,8 @@ class Agent:
         self.integrity = integrity  # the sealed-template check: no match opens without it
         self.access = access  # who may enter now (device/access_store.py); None: everyone enrolled
         self.snapshots = snapshots  # unknown-face JPEGs kept on the device (device/snapshots.py); None: off
+        self.liveness = liveness  # `[liveness]` on: a match opens only after the face moved like a head
+        self._challenged_label: str | None = None  # the name the awaited liveness check is for
         # signs each request (from_config: door.key, re-read after a rotation); without one, a throwaway
         # key the cloud does not know, so every probe is refused and the door stays locked
         fixed_key = door_key if isinstance(door_key, Ed25519PrivateKey) else new_signing_key()
@@ -243,24 +247,41 @@ class Agent:
         with self._state:
             if verdict.kind is VerdictKind.MATCH and verdict.subject:
                 refused = self.access.refusal(verdict.subject) if self.access is not None else None
-                decision = self.decision.observe_match(verdict.subject, refused)
+                challenge = self.liveness.config.timeout_s if self.liveness is not None else None
+                decision = self.decision.observe_match(verdict.subject, refused, challenge_s=challenge)
+                if decision.challenge and self.liveness is not None:
+                    self.liveness.start(verdict.subject)
+                    self._challenged_label = verdict.label
             elif verdict.kind is VerdictKind.UNKNOWN:
                 decision = self.decision.observe_unknown()
             else:
                 decision = self.decision.observe_doubt(verdict.reason)
-            if decision.unlock:
-                try:
-                    self.lock.unlock()
-                except Exception as exc:
-                    log.error("unlock failed, staying locked: %s", exc)
-                    self.decision.force_locked()
-                    self._safe_lock()
-                    decision = Decision(reason=f"unlock failed: {exc}")
-                else:
-                    self.publish_lock_state()
+            decision = self._drive_lock(decision)
+        return self._publish(verdict, decision, frame)
+
+    def _drive_lock(self, decision: Decision) -> Decision:
+        """Unlock when the rules say so (caller holds `_state`); a lock that fails to open is a non-decision."""
+        if not decision.unlock:
+            return decision
+        try:
+            self.lock.unlock()
+        except Exception as exc:
+            log.error("unlock failed, staying locked: %s", exc)
+            self.decision.force_locked()
+            self._safe_lock()
+            return Decision(reason=f"unlock failed: {exc}")
+        self.publish_lock_state()
+        return decision
+
+    def _publish(self, verdict: Verdict, decision: Decision, frame: np.ndarray | None) -> Decision:
+        """The decision's event (MQTT, activity, audit), then `when_decided`."""
         if decision.event:
-            label = verdict.label if decision.event in (DoorEvent.RECOGNIZED, DoorEvent.DENIED) else None
-            extra: dict[str, str | None] = {"reason": decision.reason} if decision.event is DoorEvent.DENIED else {}
+            named = (DoorEvent.RECOGNIZED, DoorEvent.DENIED, DoorEvent.LIVENESS_FAILED)
+            label = verdict.label if decision.event in named else None
+            with_reason = (DoorEvent.DENIED, DoorEvent.LIVENESS_FAILED)
+            extra: dict[str, str | None] = {"reason": decision.reason} if decision.event in with_reason else {}
+            if decision.challenge and self.liveness is not None:
+                extra["prompt"] = self.liveness.prompt  # no name: it may be spoken aloud at the door
             if decision.event is DoorEvent.UNKNOWN and frame is not None and self.snapshots is not None:
                 extra["snapshot"] = self.snapshots.save(frame)  # the local file name; the image stays here
             self.publish_event(decision.event, label, **extra)
@@ -278,9 +299,25 @@ class Agent:
             self.when_decided(verdict, decision)
         return decision
 
+    def _liveness_outcome(self, outcome: Outcome | None) -> None:
+        """Feed a finished liveness window to the decision rules: open, or a failed attempt (never a score)."""
+        if outcome is None:
+            return
+        self._count(f"liveness_{outcome.kind}")
+        label, self._challenged_label = self._challenged_label, None
+        with self._state:
+            decision = self._drive_lock(self.decision.observe_liveness(outcome.subject, outcome.live, outcome.kind))
+        log.info("liveness: %s after %.1f s, %d landmark frames", outcome.kind, outcome.seconds, outcome.frames)
+        kind = VerdictKind.MATCH if outcome.live else VerdictKind.DOUBT
+        self._publish(Verdict(kind, f"liveness {outcome.kind}", outcome.subject, label), decision, None)
+        if decision.unlock:
+            self.claims.consume()  # a claim opens the door once
+
     def tick(self) -> None:
         """Relock when the hold-open time is over (and whenever the lock is open without reason)."""
         self.claims.expire()  # a claim that ran out unopened is a failed attempt
+        if self.liveness is not None:
+            self._liveness_outcome(self.liveness.expire())  # the face left mid-window: not live
         self.health.check()  # a camera that stopped delivering frames
         with self._state:
             if self.decision.tick():
@@ -343,6 +380,10 @@ class Agent:
         self.last_frame_at = time.monotonic()
         self.health.frame_seen()
         self.claims.poll()  # resolve waiting claims (scrypt, so on this thread) before the frame
+        if self.liveness is not None and self.liveness.active:
+            self._count("liveness_frames")  # watching the matched face move: no probe meanwhile
+            self._liveness_outcome(self.liveness.offer(rgb))
+            return None
         divert = self.divert
         if divert is not None:
             self._count("skipped_diverted")  # someone is enrolling in front of the camera: no probe

@@ -7,6 +7,7 @@ face analyzer); this module reads them from the files `blindgate-device init` wr
 
 from __future__ import annotations
 
+import logging
 from typing import cast
 
 from blindgate.shared.config import DeviceConfig
@@ -23,13 +24,16 @@ from .faces import Analyzer, DetectorModel, FaceAnalyzer, FaceConfig
 from .integrity import TemplateCheck
 from .labels import LabelCipher
 from .link import DeviceTopics
+from .liveness_watch import MIN_LIVENESS_FPS, LivenessWatch, check_liveness_config
 from .lock import DoorLock, Lock
 from .provision import TrustedCloudKeys, tls_context
 from .sealing import TemplateSealer
 from .site_state import SiteState
 from .snapshots import open_snapshots
 from .state import DeviceState, StateError
-from .tracking import track_faces
+from .tracking import face_finder, track_faces
+
+log = logging.getLogger("blindgate.device.build")
 
 
 def build_agent(config: DeviceConfig, lock: DoorLock | None = None, analyzer: Analyzer | None = None) -> Agent:
@@ -49,6 +53,7 @@ def build_agent(config: DeviceConfig, lock: DoorLock | None = None, analyzer: An
     claims = door_claim_gate(d.mode, d.claim_ttl, state.dir, DeviceTopics.of(config).claim, audit)
     access = AccessPolicy(AccessRuleFile(state.dir), door_timezone(config.access.timezone))  # a bad zone: before the GPIO
     snapshots = open_snapshots(config)
+    analyzer = analyzer if analyzer is not None else track_faces(FaceAnalyzer(face_config(config)), config.face.track_frames)
     return Agent(
         config,
         keys,
@@ -56,13 +61,29 @@ def build_agent(config: DeviceConfig, lock: DoorLock | None = None, analyzer: An
         SubjectDirectory(client.subjects, labels),
         lock if lock is not None else Lock(config.lock.pin, config.lock.active_high, config.lock.pin_factory),
         integrity,
-        analyzer if analyzer is not None else track_faces(FaceAnalyzer(face_config(config)), config.face.track_frames),
+        analyzer,
         audit,
         door_key=DoorKeyFile(state).current,
         claims=claims,
         access=access,
         snapshots=snapshots,
+        liveness=open_liveness(config, analyzer),
     )
+
+
+def open_liveness(config: DeviceConfig, analyzer: Analyzer) -> LivenessWatch | None:
+    """The liveness window when `[liveness] mode` is on (the 68-point model loads only then); None when off."""
+    check_liveness_config(config.liveness)
+    if config.liveness.mode == "off":
+        return None
+    finder = face_finder(analyzer)
+    if finder is None:
+        raise StateError("liveness needs the door's dlib face analyzer")
+    if config.camera.fps and config.camera.fps < MIN_LIVENESS_FPS:
+        log.warning("liveness wants %d or more frames per second; [camera] fps is %g", MIN_LIVENESS_FPS, config.camera.fps)
+    from .landmarks import FaceFollower, LandmarkFinder  # late: the 68-point model costs memory
+
+    return LivenessWatch(FaceFollower(finder, LandmarkFinder()), config.liveness)
 
 
 def face_config(config: DeviceConfig) -> FaceConfig:

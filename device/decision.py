@@ -30,6 +30,10 @@ Rules:
 - Access rules: a completed run of a subject the rules refuse now (disabled, outside their
   hours: device/access_rules.py) is a "denied" event with the reason, never an opening; it is
   no failed attempt (the person is known) and, like a lockout denial, at most one per `cooldown_s`.
+- Liveness (`[liveness] mode`, off by default): a completed run that would open instead waits
+  for the liveness check (a `liveness_prompt` event); verdicts are ignored meanwhile. A live
+  outcome for that subject within the time opens; anything else (not live, too little movement,
+  an error, the time over) is a `liveness_failed` event and a failed attempt, every time.
 - Fail secure: only a completed run of matches opens; every other path keeps the door locked.
 """
 
@@ -67,6 +71,11 @@ class DoorEvent(StrEnum):
     # The cloud's answer failed the device's own check (device/integrity.py): an alarm, raised by
     # the agent outside the decision rules; it never carries a distance.
     CLOUD_INTEGRITY = "cloud_integrity"
+    # Liveness (device/liveness_watch.py, `[liveness] mode`): a match waits for the face to move like
+    # a head; the prompt asks for it (no name: it may be spoken aloud at the door), a failure names
+    # the person the picture matched, like a denial.
+    LIVENESS_PROMPT = "liveness_prompt"
+    LIVENESS_FAILED = "liveness_failed"
 
 
 def access_verdict(distance: float, threshold: float, doubt_margin: float) -> VerdictKind:
@@ -91,6 +100,7 @@ class Decision:
     subject: str | None = None
     unlock: bool = False
     reason: str = ""
+    challenge: bool = False  # a completed run waits for the liveness check before it may open
 
 
 class DecisionEngine:
@@ -112,6 +122,7 @@ class DecisionEngine:
         self._failure_quiet_until = float("-inf")  # one failed attempt per cooldown
         self._lockout_until = float("-inf")
         self._denied_quiet_until = float("-inf")
+        self._challenge: tuple[str, float] | None = None  # (subject, deadline) awaiting the liveness check
 
     # -- state --------------------------------------------------------------------------------
 
@@ -141,14 +152,24 @@ class DecisionEngine:
         return False
 
     def force_locked(self) -> None:
-        """The agent could not drive the lock as decided, or is stopping: forget any opening."""
+        """The agent could not drive the lock as decided, or is stopping: forget any opening (and any awaited check)."""
         self._open_until = None
+        self._challenge = None
         self._reset_run()
 
     # -- verdicts -----------------------------------------------------------------------------
 
-    def observe_match(self, subject: str, refusal: str | None = None) -> Decision:
-        """A confirmed match of `subject`; `refusal` is why the access rules refuse them now (device/access_store.py)."""
+    @property
+    def challenged(self) -> str | None:
+        """The subject whose liveness check is awaited, if any."""
+        return self._challenge[0] if self._challenge is not None else None
+
+    def observe_match(self, subject: str, refusal: str | None = None, challenge_s: float | None = None) -> Decision:
+        """A confirmed match of `subject`; `refusal` is why the access rules refuse them now (device/access_store.py).
+
+        With `challenge_s`, a completed run does not open: it waits up to that long for
+        `observe_liveness` (a `challenge` decision with the prompt event).
+        """
         now = self.clock()
         if self._busy(now):
             return Decision(reason="ignored: door open or cooling down")
@@ -161,6 +182,29 @@ class DecisionEngine:
                 return Decision(reason=f"denied ({reason}), event already sent")
             self._denied_quiet_until = now + self.config.cooldown_s
             return Decision(event=DoorEvent.DENIED, subject=subject, reason=reason)
+        if challenge_s is not None:
+            self._challenge = (subject, now + challenge_s)
+            reason = "recognized; checking liveness"
+            return Decision(event=DoorEvent.LIVENESS_PROMPT, subject=subject, challenge=True, reason=reason)
+        return self._open(subject, now)
+
+    def observe_liveness(self, subject: str, live: bool, reason: str) -> Decision:
+        """The liveness check's outcome for the awaited `subject`: open, or one failed attempt.
+
+        Only the check the engine is waiting for counts: another subject, a check that ran out of
+        time or a lockout meanwhile keep the door locked. Not live (moved like a picture, too
+        little movement, too few frames, an error) is a failed attempt toward the lockout.
+        """
+        now = self.clock()
+        awaited, self._challenge = self._challenge, None
+        self._reset_run()
+        if awaited is None or awaited[0] != subject:
+            return Decision(reason="no liveness check was awaited for this subject")
+        if live and now <= awaited[1] and not self.locked_out(now):
+            return self._open(subject, now)
+        return self._failed_attempt(f"liveness check failed: {reason}", now, DoorEvent.LIVENESS_FAILED, subject)
+
+    def _open(self, subject: str, now: float) -> Decision:
         self._open_until = now + self.config.open_seconds
         self._failures.clear()
         return Decision(event=DoorEvent.RECOGNIZED, subject=subject, unlock=True, reason="recognized")
@@ -191,14 +235,18 @@ class DecisionEngine:
         """
         now = self.clock()
         self._reset_run()
+        return self._failed_attempt(reason, now, DoorEvent.UNKNOWN)
+
+    def _failed_attempt(self, reason: str, now: float, event: DoorEvent, subject: str | None = None) -> Decision:
+        """One deliberate failed try (a wrong claim, a face that was not live): counted each time."""
         if self.locked_out(now):
-            return Decision(reason=f"{reason}; already locked out")
+            return Decision(event=event if subject else None, subject=subject, reason=f"{reason}; already locked out")
         self._failures = [t for t in self._failures if now - t <= FAILURE_MEMORY_S] + [now]
         message = f"{reason}: failed attempt {len(self._failures)}/{self.config.lockout_failures}"
         if len(self._failures) >= self.config.lockout_failures:
             self._lockout_until = now + self.lockout_s
             message += f": locked out for {self.lockout_s:g} s"
-        return Decision(event=DoorEvent.UNKNOWN, reason=message)
+        return Decision(event=event, subject=subject, reason=message)
 
     def observe_doubt(self, reason: str = "doubt") -> Decision:
         """A timeout, error, unauthenticated or stale reply, or a borderline score: stay locked."""
@@ -208,7 +256,9 @@ class DecisionEngine:
     # -- internals ----------------------------------------------------------------------------
 
     def _busy(self, now: float) -> bool:
-        if self._open_until is not None or now < self._cooldown_until:
+        if self._challenge is not None and now > self._challenge[1]:
+            self._challenge = None  # the check never reported: nothing opens for it any more
+        if self._open_until is not None or now < self._cooldown_until or self._challenge is not None:
             self._reset_run()
             return True
         return False

@@ -27,13 +27,12 @@ from blindgate.shared.errors import BlindgateError
 
 # The landmarks used for the fit: those fixed to the skull.
 # - eye corners 36, 39, 42, 45 (the canthi are tied to the orbit; the lids 37/38/40/41/43/44/46/47 blink);
-# - nose bridge 27-30 and bottom 31-35 (cartilage and bone; the nose tip carries the strongest parallax);
-# - the contour beside the ears/temples 0, 1, 15, 16 (above the jaw angle; the far-back points that,
-#   with the nose tip, span the face's depth).
-# Left out: the jaw 2-14 and the mouth 48-67 (they move when speaking), the brows 17-26 (raised or
-# knitted with expression): non-rigid motion there would look like depth and let a print wobble its way
-# to LIVE only if it could make those points move, which a flat picture cannot - but it would add
-# noise to a real face's residual for no gain.
+# - nose bridge 27-30 and bottom 31-35 (bone and cartilage; the nose tip carries the strongest parallax);
+# - the contour beside the ears/temples 0, 1, 15, 16 (above the jaw angle: with the nose tip they span
+#   the face's depth).
+# Left out: the jaw 2-14 and the mouth 48-67 (they move when speaking) and the brows 17-26 (raised or
+# knitted with expression). Such motion is not parallax: it would only add noise to a real face's residual
+# and give a video of a talking face on a screen non-planar motion to pass on.
 RIGID_POINTS: tuple[int, ...] = (0, 1, 15, 16, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45)
 
 RIGHT_EYE = slice(36, 42)  # the subject's right eye: image left
@@ -55,7 +54,7 @@ PAIR_GAP_FRACTION = 0.2
 
 # The jitter's expected share is taken out with this margin: its estimate and the RMS both wobble, and
 # erring high only costs a real head a little of its (much larger) residual.
-NOISE_MARGIN = 1.15
+NOISE_MARGIN = 1.3
 
 _TINY = 1e-9
 
@@ -102,7 +101,8 @@ class LivenessSettings:
             raise LivenessError(f"blink_drop must be between 0 and 1, not {self.blink_drop}")
 
 
-DEFAULT = LivenessSettings()
+DEFAULT_SETTINGS = LivenessSettings()
+DEFAULT = DEFAULT_SETTINGS  # the short name the brief used
 
 
 @dataclass(frozen=True)
@@ -335,7 +335,7 @@ def _pairs(count: int) -> tuple[np.ndarray, np.ndarray]:
     return chosen[first[keep]], chosen[second[keep]]
 
 
-def judge_window(landmarks: Sequence[np.ndarray | None], settings: LivenessSettings = DEFAULT) -> LivenessResult:
+def judge_window(landmarks: Sequence[np.ndarray | None], settings: LivenessSettings = DEFAULT_SETTINGS) -> LivenessResult:
     """Judge one window of (68, 2) landmark arrays (`None`: no face in that frame) by how the face moved.
 
     FEW_FRAMES under `min_frames` faces; STILL if under `min_pairs` frame pairs moved by at least
@@ -357,11 +357,11 @@ def judge_window(landmarks: Sequence[np.ndarray | None], settings: LivenessSetti
     first, second = _pairs(len(frames))
     rigid = list(RIGID_POINTS)
     noise = _jitter(raw, rigid)
-    if not settings.correct_noise:
-        noise = 0.0
+    jitter = noise if settings.correct_noise else 0.0
     a, b = frames[first], frames[second]
     scale = _pair_scale(a, b)
-    motion = _above_floor(_similarity_rms(a[:, rigid], b[:, rigid]) / scale, _noise_floor(noise, settings.smooth_frames, len(rigid), 4))
+    motion_floor = _noise_floor(jitter, settings.smooth_frames, len(rigid), parameters=4)
+    motion = _above_floor(_similarity_rms(a[:, rigid], b[:, rigid]) / scale, motion_floor)
     median_motion = float(np.median(motion)) if len(motion) else None
     moving = motion >= settings.min_motion
     used = int(np.count_nonzero(moving))
@@ -370,7 +370,8 @@ def judge_window(landmarks: Sequence[np.ndarray | None], settings: LivenessSetti
     residuals = _homography_rms(a[moving][:, rigid], b[moving][:, rigid]) / scale[moving]
     if not np.all(np.isfinite(residuals)):
         raise LivenessError("a homography sends a landmark to infinity: degenerate landmarks")
-    residual = float(np.median(_above_floor(residuals, _noise_floor(noise, settings.smooth_frames, len(rigid), 8))))
+    residual_floor = _noise_floor(jitter, settings.smooth_frames, len(rigid), parameters=8)
+    residual = float(np.median(_above_floor(residuals, residual_floor)))
     if residual <= settings.max_flat_residual:
         kind = LivenessKind.FLAT
     elif settings.blink and not blinked:

@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .faces import FaceAnalyzer, FaceBox, FaceResult, Rejection
+
+if TYPE_CHECKING:
+    from .enrollment import FaceFinder
 
 
 class FaceTracker:
@@ -81,6 +85,17 @@ class TrackingAnalyzer:
         result = self.analyzer.analyze(rgb, region)
         self.tracker.update(result.box, region)
         return result
+
+
+def face_finder(analyzer: object) -> FaceFinder | None:
+    """The whole-frame face finder behind the agent's analyzer (a TrackingAnalyzer wraps one), None if there is none.
+
+    Enrollment at the camera and the liveness window use it on the agent's own thread.
+    """
+    for candidate in (analyzer, getattr(analyzer, "analyzer", None)):
+        if candidate is not None and hasattr(candidate, "detect") and hasattr(candidate, "embed"):
+            return candidate  # type: ignore[return-value]
+    return None
 
 
 def track_faces(analyzer: FaceAnalyzer, refresh_frames: int) -> FaceAnalyzer | TrackingAnalyzer:

@@ -152,6 +152,17 @@ class EndpointConfig:
 
 
 @dataclass
+class LivenessConfig:
+    """Liveness by head movement (device/liveness.py, device/liveness_watch.py): off by default."""
+
+    mode: str = "off"  # "off", "motion" (the face must move like a head), "motion+blink" (and blink)
+    window_s: float = 2.0  # how long the door watches the face after a match
+    timeout_s: float = 5.0  # no outcome by then (e.g. the face left): stays locked, a failed attempt
+    prompt: str = "turn your head slightly"  # the liveness_prompt event's text ("and blink" is added for motion+blink)
+    max_flat_residual: float = 0.0  # 0: the shipped default; a window at or under it moved like a flat picture
+
+
+@dataclass
 class ConsoleConfig:
     """The door's web console (device/console/), served on the endpoint's address: off by default."""
 
@@ -208,6 +219,7 @@ class DeviceConfig:
     lock: LockConfig = field(default_factory=LockConfig)
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    liveness: LivenessConfig = field(default_factory=LivenessConfig)
     access: AccessConfig = field(default_factory=AccessConfig)
     snapshots: SnapshotConfig = field(default_factory=SnapshotConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)

@@ -23,8 +23,9 @@ from enum import StrEnum
 import numpy as np
 
 from blindgate.device.agent import Agent
-from blindgate.device.enrollment import FaceFinder, FrameAdvice, FrameCollector
+from blindgate.device.enrollment import FrameAdvice, FrameCollector
 from blindgate.device.people import People
+from blindgate.device.tracking import face_finder
 from blindgate.shared.errors import BlindgateError
 
 from .live import Gate, LiveView
@@ -51,14 +52,6 @@ class CaptureState(StrEnum):
 
 class CaptureBusy(BlindgateError, RuntimeError):
     """Another enrollment at the camera is running."""
-
-
-def face_finder(analyzer: object) -> FaceFinder | None:
-    """The whole-frame face finder behind the agent's analyzer (a TrackingAnalyzer wraps one), None if there is none."""
-    for candidate in (analyzer, getattr(analyzer, "analyzer", None)):
-        if candidate is not None and hasattr(candidate, "detect") and hasattr(candidate, "embed"):
-            return candidate  # type: ignore[return-value]
-    return None
 
 
 class CameraEnrollment:

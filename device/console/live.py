@@ -116,9 +116,9 @@ class LiveView:
         """Keep the door events: the event, and a name only where the event names someone."""
         if not decision.event:
             return
-        named = decision.event in (DoorEvent.RECOGNIZED, DoorEvent.DENIED)
+        named = decision.event in (DoorEvent.RECOGNIZED, DoorEvent.DENIED, DoorEvent.LIVENESS_FAILED)
         entry = {"time": now_iso(), "event": str(decision.event), "label": verdict.label if named else None}
-        if decision.event is DoorEvent.DENIED:
+        if decision.event in (DoorEvent.DENIED, DoorEvent.LIVENESS_FAILED):
             entry["reason"] = decision.reason
         with self._guard:
             self._decisions.appendleft(entry)

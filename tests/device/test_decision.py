@@ -52,7 +52,8 @@ def test_the_threshold_and_margin_move_the_boundary():
 
 def test_kinds_and_events_keep_their_wire_strings():
     assert [str(k) for k in VerdictKind] == ["match", "unknown", "doubt", "rejected"]
-    assert [str(e) for e in DoorEvent] == ["recognized", "unknown", "denied", "cloud_integrity"]
+    events = ["recognized", "unknown", "denied", "cloud_integrity", "liveness_prompt", "liveness_failed"]
+    assert [str(e) for e in DoorEvent] == events
     assert f"verdict_{VerdictKind.MATCH}" == "verdict_match"
 
 
@@ -276,3 +277,63 @@ def test_a_refused_match_is_denied_once_per_cooldown_never_opens_and_is_no_failu
     engine.observe_match("alice")
     clock.advance(0.2)
     assert engine.observe_match("alice").unlock  # positive control: allowed again, opens at once
+
+
+# -- liveness -----------------------------------------------------------------------------------
+
+
+def challenged(clock: Clock, subject: str = "alice") -> DecisionEngine:
+    engine = DecisionEngine(DecisionConfig(frames_required=2, cooldown_s=1.0), clock=clock)
+    assert engine.observe_match(subject, challenge_s=4.0).unlock is False
+    prompt = engine.observe_match(subject, challenge_s=4.0)
+    assert prompt.event is DoorEvent.LIVENESS_PROMPT and prompt.challenge and not prompt.unlock
+    assert engine.challenged == subject
+    return engine
+
+
+def test_a_completed_run_waits_for_liveness_and_opens_when_live():
+    clock = Clock()
+    engine = challenged(clock)
+    clock.t = 1000.0 + 1.0
+    assert engine.observe_match("alice", challenge_s=4.0).unlock is False  # frames meanwhile change nothing
+    clock.t = 1000.0 + 2.5
+    opened = engine.observe_liveness("alice", True, "live")
+    assert opened.unlock and opened.event is EVENT_RECOGNIZED and engine.is_open
+
+
+@pytest.mark.parametrize(
+    "subject, live, late",
+    [("alice", False, False), ("bob", True, False), ("alice", True, True)],
+    ids=["not live", "another subject", "too late"],
+)
+def test_liveness_that_is_not_the_awaited_live_outcome_never_opens(subject, live, late):
+    clock = Clock()
+    engine = challenged(clock)
+    clock.t = 1000.0 + 5.0 if late else 2.0
+    decision = engine.observe_liveness(subject, live, "flat")
+    assert not decision.unlock and not engine.is_open and engine.challenged is None
+    if subject == "alice":
+        assert decision.event is DoorEvent.LIVENESS_FAILED and engine.failures == 1
+    assert not engine.observe_liveness("alice", True, "live").unlock  # nothing is awaited any more
+
+
+def test_failed_liveness_counts_every_time_and_locks_out():
+    clock = Clock()
+    engine = DecisionEngine(DecisionConfig(frames_required=1, cooldown_s=1.0, lockout_failures=3), clock=clock)
+    for n in range(3):
+        clock.advance(0.1)
+        assert engine.observe_match("alice", challenge_s=4.0).challenge
+        assert f"failed attempt {n + 1}/3" in engine.observe_liveness("alice", False, "flat").reason
+    assert engine.locked_out()
+    clock.advance(0.1)
+    assert engine.observe_match("alice", challenge_s=4.0).event is EVENT_DENIED  # no prompt during a lockout
+
+
+def test_a_challenge_never_answered_is_dropped_after_its_time():
+    clock = Clock()
+    engine = challenged(clock)
+    clock.t = 1000.0 + 4.5
+    engine.observe_match("alice", challenge_s=4.0)  # the run starts again: the old check is gone
+    assert engine.challenged is None
+    clock.t = 1000.0 + 4.6
+    assert engine.observe_match("alice", challenge_s=4.0).challenge
