@@ -77,7 +77,7 @@ def open_liveness(config: DeviceConfig, analyzer: Analyzer) -> LivenessWatch | N
     if config.liveness.mode == "off":
         return None
     finder = face_finder(analyzer)
-    if finder is None:
+    if not isinstance(finder, FaceAnalyzer):  # the follower scans regions: dlib's analyzer does
         raise StateError("liveness needs the door's dlib face analyzer")
     if config.camera.fps and config.camera.fps < MIN_LIVENESS_FPS:
         log.warning("liveness wants %d or more frames per second; [camera] fps is %g", MIN_LIVENESS_FPS, config.camera.fps)

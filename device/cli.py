@@ -66,6 +66,7 @@ from .operating_point import CalibrationError, Enrollment, check_decision_config
 from .optional_imports import MissingDependency
 from .people import People, cloud_client
 from .provision import check_cloud_url, confirm_cloud_key, fingerprint, progress, refresh_cloud_key, step, tls_context
+from .record_cli import RecordError, add_record_command
 from .rekey import RekeyError, rekey
 from .sealing import KEY_FILE as TEMPLATE_KEY_FILE
 from .sealing import TemplateSealer
@@ -345,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     COMMANDS.update(add_access_commands(sub, common))
     COMMANDS.update(add_site_commands(sub, common))
     COMMANDS.update(add_console_password_command(sub, common))
+    COMMANDS.update(add_record_command(sub, common))
     return parser
 
 
@@ -398,6 +400,7 @@ def dispatch(config: DeviceConfig, args, command=None) -> int:
         EndpointError,
         CalibrationError,
         AdminError,
+        RecordError,
         MissingDependency,  # picamera2/OpenCV absent, or a venv whose numpy picamera2 cannot load
     ) as exc:
         print(f"blindgate-device {args.command}: {exc}", file=sys.stderr)

@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--liveness" in argv or "--liveness-synthetic" in argv:  # the liveness check on recorded sessions
+        from blindgate.device.evaluation.liveness_run import main as liveness
+
+        return liveness(argv)
     if "--open-set" in argv:  # a different evaluation with its own options: every image, no pairs file
         from blindgate.device.evaluation.open_set_run import main as open_set
 

@@ -15,13 +15,15 @@ OpenCV (the `device` extra) does the warping; it is imported when frames are mad
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from enum import StrEnum
 from types import ModuleType
+
 import numpy as np
 
-from blindgate.device.faces import FaceBox
+from blindgate.device.faces import FaceAnalyzer, FaceBox, FaceConfig
 from blindgate.device.optional_imports import import_cv2
 from blindgate.shared.errors import BlindgateError
 
@@ -33,6 +35,7 @@ class AttackKind(StrEnum):
     PRINT = "print"
     BENT_PRINT = "bent_print"
     SCREEN_STILL = "screen_still"
+    PHONE_VIDEO = "phone_video"  # a video of the person replayed on a phone: recorded, never generated
 
 
 GENERATED_KINDS = (AttackKind.PRINT, AttackKind.BENT_PRINT, AttackKind.SCREEN_STILL)
@@ -90,9 +93,9 @@ def _smooth(rng: np.random.Generator, t: np.ndarray, amplitude: float, tremor: f
     return path + tremor * np.sin(2 * math.pi * freq * t + phase) + tremor * 0.3 * rng.standard_normal(t.shape)
 
 
-def _motion(rng: np.random.Generator, t: np.ndarray, distance: float) -> _Motion:
+def _motion(rng: np.random.Generator, t: np.ndarray, distance: float, swing: float = 1.0) -> _Motion:
     deg = math.radians
-    yaw_max, pitch_max = deg(rng.uniform(15, 25)), deg(rng.uniform(12, 22))
+    yaw_max, pitch_max = deg(swing * rng.uniform(15, 25)), deg(swing * rng.uniform(12, 22))
     return _Motion(
         yaw=_smooth(rng, t, yaw_max, deg(0.4)),
         pitch=_smooth(rng, t, pitch_max, deg(0.4)),
@@ -224,7 +227,6 @@ def _render(
 
     Returns the frame and the sheet's coverage (H, W, 1) in [0, 1].
     """
-    size = (canvas.shape[1], canvas.shape[0])
     placed = []
     for tex, corners in strips:
         world = corners @ rotation.T + position
@@ -235,25 +237,37 @@ def _render(
         normal = np.cross(world[1] - world[0], world[3] - world[0])
         normal /= np.linalg.norm(normal) or 1.0
         placed.append((float(world[:, 2].mean()), tex, image, abs(float(normal @ light))))
-    texture = sheet.texture.astype(np.float32)
-    ones = np.ones(texture.shape[:2], np.float32)
-    coverage = np.zeros(canvas.shape[:2] + (1,), np.float32)
+    height, width = canvas.shape[:2]
+    coverage = np.zeros((height, width, 1), np.float32)
     for _, tex, image, shade in sorted(placed, key=lambda p: -p[0]):
+        # only the strip's own columns (a pixel of overlap hides seams) into only its bounding box
+        x0 = max(int(math.floor(tex[0, 0])) - 1, 0)
+        strip = sheet.texture[:, x0 : int(math.ceil(tex[1, 0])) + 1]
+        left, top = max(int(image[:, 0].min()) - 1, 0), max(int(image[:, 1].min()) - 1, 0)
+        right, bottom = min(int(image[:, 0].max()) + 2, width), min(int(image[:, 1].max()) + 2, height)
+        if right <= left or bottom <= top:
+            continue
         homography = cv2.getPerspectiveTransform(tex.astype(np.float32), image.astype(np.float32))
-        warped = cv2.warpPerspective(texture, homography, size, flags=cv2.INTER_LINEAR)
-        column = np.zeros_like(ones)
-        x0, x1 = int(math.floor(tex[0, 0])), int(math.ceil(tex[1, 0]))
-        column[:, max(x0 - 1, 0) : x1 + 1] = 1.0  # a pixel of overlap hides seams between strips
-        mask = cv2.warpPerspective(column, homography, size, flags=cv2.INTER_LINEAR)[:, :, None]
-        canvas = canvas * (1 - mask) + warped * mask * (0.75 + 0.3 * shade)
-        coverage = np.maximum(coverage, mask)
+        homography = (
+            np.array([[1, 0, -left], [0, 1, -top], [0, 0, 1]]) @ homography @ np.array([[1, 0, x0], [0, 1, 0], [0, 0, 1]])
+        )
+        box = (right - left, bottom - top)
+        warped = cv2.warpPerspective(strip, homography, box, flags=cv2.INTER_LINEAR).astype(np.float32)
+        ones = np.ones(strip.shape[:2], np.float32)
+        mask = cv2.warpPerspective(ones, homography, box, flags=cv2.INTER_LINEAR)[:, :, None]
+        area = canvas[top:bottom, left:right]
+        canvas[top:bottom, left:right] = area * (1 - mask) + warped * mask * (0.75 + 0.3 * shade)
+        coverage[top:bottom, left:right] = np.maximum(coverage[top:bottom, left:right], mask)
     return canvas, coverage
 
 
 def _camera_effects(cv2: ModuleType, frame: np.ndarray, rng: np.random.Generator, blur: float, jpeg: int | None) -> np.ndarray:
     frame = cv2.GaussianBlur(frame, (0, 0), blur)
-    frame = frame + rng.normal(0, 2.5, frame.shape).astype(np.float32)
-    rgb = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+    noise = rng.standard_normal(frame.shape, dtype=np.float32)
+    noise *= 2.5  # sensor noise, in grey levels
+    frame += noise
+    frame += 0.5  # rounds on the truncating cast below
+    rgb = np.clip(frame, 0, 255, out=frame).astype(np.uint8)
     if jpeg is not None:
         ok, data = cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, jpeg])  # channel order does not matter here
         if ok:
@@ -268,6 +282,23 @@ def _moire(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     return (1 + 0.035 * np.sin(2 * math.pi * (fx * xx + fy * yy)))[:, :, None].astype(np.float32)
 
 
+@functools.cache
+def _detector() -> FaceAnalyzer:
+    return FaceAnalyzer(FaceConfig())
+
+
+def photo_face(photo_rgb: np.ndarray) -> FaceBox:
+    """The largest face in the photo as the door's detector boxes it (loaded once per process).
+
+    A photo where it finds none is taken as a portrait crop: the face fills the middle half of its width.
+    """
+    boxes = _detector().detect(photo_rgb)
+    if boxes:
+        return boxes[0]
+    height, width = photo_rgb.shape[:2]
+    return FaceBox(round(height / 2 - width / 4), round(width * 3 / 4), round(height / 2 + width / 4), round(width / 4))
+
+
 def attack_frames(
     photo_rgb: np.ndarray,
     kind: AttackKind | str,
@@ -278,25 +309,30 @@ def attack_frames(
     *,
     face: FaceBox | None = None,
     jpeg_quality: int | None = 85,
+    swing: float = 1.0,
 ) -> list[np.ndarray]:
     """Frames (``size`` = (width, height), RGB uint8) of ``photo_rgb`` presented to the camera as ``kind``.
 
     ``face`` is the face's box in the photo (FaceAnalyzer.detect): the sheet is cut and placed around
-    it. Without it the face is taken to fill the middle half of the photo's width (a portrait crop).
+    it. Without it the door's detector finds it (`photo_face`).
     The same ``seed`` gives the same frames, and the same motion and background for every kind.
+    ``swing`` scales how far the sheet is turned (1: up to 15-25 degrees of yaw and 12-22 of pitch, a
+    hand holding it up; 1.8: up to 27-45 and 22-40, an attacker tilting it hard to fake depth).
     """
+    if not 0 < swing <= 2.5:
+        raise AttackError(f"swing must be in (0, 2.5], not {swing}")
     kind = AttackKind(kind)
     if kind not in GENERATED_KINDS:
         raise AttackError(f"no frames are generated for {kind.value!r}: record a live person instead")
-    if not (isinstance(photo_rgb, np.ndarray) and photo_rgb.ndim == 3 and photo_rgb.shape[2] == 3 and photo_rgb.dtype == np.uint8):
+    if not (
+        isinstance(photo_rgb, np.ndarray) and photo_rgb.ndim == 3 and photo_rgb.shape[2] == 3 and photo_rgb.dtype == np.uint8
+    ):
         raise AttackError(f"expected an (H, W, 3) uint8 RGB photo, got shape {getattr(photo_rgb, 'shape', None)}")
     count = round(seconds * fps)
     width, height = size
     if count < 1 or width < 64 or height < 64:
         raise AttackError(f"need at least one frame of at least 64x64 px, not {count} frames of {width}x{height}")
-    if face is None:
-        ph, pw = photo_rgb.shape[:2]
-        face = FaceBox(round(ph / 2 - pw / 4), round(pw * 3 / 4), round(ph / 2 + pw / 4), round(pw / 4))
+    face = face or photo_face(photo_rgb)
     cv2 = import_cv2("synthetic presentation attacks")
 
     rng = np.random.default_rng(seed)  # shared by every kind: motion, background, placement
@@ -305,7 +341,7 @@ def attack_frames(
     face_px = rng.uniform(*FACE_PX_RANGE) * width / 640
     distance = focal / face_px  # in face widths: the face box spans face_px at the start pose
     t = np.arange(count) / fps
-    motion = _motion(rng, t, distance)
+    motion = _motion(rng, t, distance, swing)
     camera = np.array([[focal, 0, width / 2], [0, focal, height / 2], [0, 0, 1]])
     centre = np.array([rng.uniform(-0.12, 0.12) * width, rng.uniform(-0.1, 0.1) * height]) / focal * distance
     background = _background(cv2, rng, width, height)
@@ -336,4 +372,4 @@ def attack_frames(
     return frames
 
 
-__all__ = ["GENERATED_KINDS", "AttackError", "AttackKind", "attack_frames"]
+__all__ = ["GENERATED_KINDS", "AttackError", "AttackKind", "attack_frames", "photo_face"]
