@@ -22,7 +22,8 @@ The residuals stay in this offline report's JSON (public or your own test record
 door's live traffic).
 
 `--liveness-synthetic` writes a test set made here: every photo of FACES_DIR/people/<name>/ as
-a print, a bent print and a screen still (device/liveness_attacks.py), `--seeds` motions each,
+a print, a bent print and a screen still (device/liveness_attacks.py), `--seeds` motions each
+(odd seeds tilted hard: swing 1.8),
 and FACES_DIR/video/short_hamilton_clip.mp4 as one genuine session.
 """
 
@@ -248,12 +249,10 @@ def make_synthetic(faces: Path, out: Path, seeds: int, people: list[str] | None,
             rgb = load_image(photo)
             for kind in GENERATED_KINDS:
                 for seed in range(seeds):
+                    swing = 1.0 if seed % 2 == 0 else 1.8  # odd seeds: tilted hard, as someone faking depth would
+                    frames = attack_frames(rgb, kind, seed=seed, swing=swing)
                     write_session(
-                        out,
-                        kind,
-                        attack_frames(rgb, kind, seed=seed),
-                        30.0,
-                        source=f"synthetic {person.name}/{photo.name} seed {seed}",
+                        out, kind, frames, 30.0, source=f"synthetic {person.name}/{photo.name} seed {seed} swing {swing}"
                     )
                     written += 1
             say(f"{person.name}/{photo.name}: {len(GENERATED_KINDS) * seeds} attack sessions")
