@@ -259,12 +259,12 @@ def make_synthetic(faces: Path, out: Path, seeds: int, people: list[str] | None,
     clip = faces / "video" / "short_hamilton_clip.mp4"
     if clip.is_file():
         with open_camera(clip) as camera:
-            frames = [(f.rgb, f.timestamp) for f in iter(camera.read, None)]
-        stamps = [t - frames[0][1] for _, t in frames]
-        fps = (len(frames) - 1) / stamps[-1] if stamps[-1] > 0 else 30.0
-        write_session(out, AttackKind.GENUINE, [f for f, _ in frames], fps, stamps, source=f"clip {clip.name}")
+            played = list(iter(camera.read, None))
+        stamps = [f.timestamp - played[0].timestamp for f in played]
+        fps = (len(played) - 1) / stamps[-1] if stamps[-1] > 0 else 30.0
+        write_session(out, AttackKind.GENUINE, [f.rgb for f in played], fps, stamps, source=f"clip {clip.name}")
         written += 1
-        say(f"{clip.name}: 1 genuine session of {len(frames)} frames")
+        say(f"{clip.name}: 1 genuine session of {len(played)} frames")
     return written
 
 
