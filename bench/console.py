@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -83,7 +82,7 @@ def main() -> int:
         print(json.dumps({"error": f"face data not found at {FACES}"}))
         return 2
     from blindgate.device.cli import main as device_main
-    from blindgate.shared.launch import CloudService, start_broker, write_device_config
+    from blindgate.shared.launch import CloudService, free_port, start_broker, write_device_config
 
     work = Path(tempfile.mkdtemp(prefix="bg-bench-console-"))
     broker = start_broker(work / "mosquitto")
@@ -91,9 +90,7 @@ def main() -> int:
     agent = None
     try:
         cloud.start()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         config = write_device_config(
             work / "door.toml",
             site="bench",
