@@ -96,6 +96,8 @@ def check(world, tmp_path, blobs=None, **kw):
 
 def test_agreement_allows_encryption_noise_even_at_distance_zero_but_not_a_lie():
     assert agree(0.0, 1.5e-3)  # decrypted 0 + 2e-6 on the squared distance: sqrt makes it 1.4e-3
+    assert agree(0.0, 0.0039)  # 4 partial sums (a 4-copy block) added: 1.5e-5 on the squared distance, seen
+    assert not agree(0.0, 0.011)  # 1.2e-4 on the squared distance: beyond any encryption error
     assert agree(0.4, 0.4 + AGREEMENT / 2)
     assert not agree(0.4, 0.4 + 3 * AGREEMENT)
     assert not agree(0.5, 0.0)  # "distance 0" for someone 0.5 away
