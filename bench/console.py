@@ -100,9 +100,9 @@ def main() -> int:
             camera=str(FACES / "video" / "short_hamilton_clip.mp4"),
             fps=10.0,
             realtime=True,
+            loop=True,
+            extra=f"[endpoint]\nport = {port}\n[console]\nlive_fps = {args.fps}\n",
         )
-        text = config.read_text().replace("realtime = true\n", "realtime = true\nloop = true\n")
-        config.write_text(text + f"[endpoint]\nport = {port}\n[console]\nlive_fps = {args.fps}\n")
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
         cli = [sys.executable, "-m", "blindgate.device.cli", "--config", str(config)]
         if device_main(["--config", str(config), *cloud.init_args()]) != 0:

@@ -33,21 +33,6 @@ def log(msg: str) -> None:
     print(f"[liveness] {msg}", file=sys.stderr, flush=True)
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def spread(values: list[float]) -> dict:
-    ordered = sorted(values)
-    return {
-        "median": round(statistics.median(ordered), 2),
-        "p95": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 2),
-    }
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=270, help="clip frames to follow (default: the whole clip)")
@@ -59,6 +44,7 @@ def main() -> int:
 
     from blindgate.device.build import face_config
     from blindgate.device.camera import open_camera
+    from blindgate.device.evaluation.liveness_run import rss_mb, spread
     from blindgate.device.faces import FaceAnalyzer
     from blindgate.device.liveness import DEFAULT_SETTINGS, judge_window
     from blindgate.shared.config import DeviceConfig

@@ -112,7 +112,6 @@ class Agent:
         self.access = access  # who may enter now (device/access_store.py); None: everyone enrolled
         self.snapshots = snapshots  # unknown-face JPEGs kept on the device (device/snapshots.py); None: off
         self.liveness = liveness  # `[liveness]` on: a match opens only after the face moved like a head
-        self._challenged_label: str | None = None  # the name the awaited liveness check is for
         # signs each request (from_config: door.key, re-read after a rotation); without one, a throwaway
         # key the cloud does not know, so every probe is refused and the door stays locked
         fixed_key = door_key if isinstance(door_key, Ed25519PrivateKey) else new_signing_key()
@@ -250,8 +249,7 @@ class Agent:
                 challenge = self.liveness.config.timeout_s if self.liveness is not None else None
                 decision = self.decision.observe_match(verdict.subject, refused, challenge_s=challenge)
                 if decision.challenge and self.liveness is not None:
-                    self.liveness.start(verdict.subject)
-                    self._challenged_label = verdict.label
+                    self.liveness.start(verdict.subject, verdict.label)
             elif verdict.kind is VerdictKind.UNKNOWN:
                 decision = self.decision.observe_unknown()
             else:
@@ -304,12 +302,11 @@ class Agent:
         if outcome is None:
             return
         self._count(f"liveness_{outcome.kind}")
-        label, self._challenged_label = self._challenged_label, None
         with self._state:
             decision = self._drive_lock(self.decision.observe_liveness(outcome.subject, outcome.live, outcome.kind))
         log.info("liveness: %s after %.1f s, %d landmark frames", outcome.kind, outcome.seconds, outcome.frames)
         kind = VerdictKind.MATCH if outcome.live else VerdictKind.DOUBT
-        self._publish(Verdict(kind, f"liveness {outcome.kind}", outcome.subject, label), decision, None)
+        self._publish(Verdict(kind, f"liveness {outcome.kind}", outcome.subject, outcome.label), decision, None)
         if decision.unlock:
             self.claims.consume()  # a claim opens the door once
 

@@ -42,6 +42,12 @@ class SessionError(BlindgateError, ValueError):
     """A session folder or its session.json is not in the expected format; the message names the file."""
 
 
+def frame_rate(timestamps: Sequence[float], default: float) -> float:
+    """Frames per second that capture times show (`default` when they span no time)."""
+    span = timestamps[-1] - timestamps[0] if len(timestamps) > 1 else 0.0
+    return (len(timestamps) - 1) / span if span > 0 else default
+
+
 def frame_name(index: int) -> str:
     """The file name of frame ``index`` in a session folder."""
     return f"frame-{index:05d}.jpg"
@@ -204,6 +210,7 @@ __all__ = [
     "Session",
     "SessionError",
     "frame_name",
+    "frame_rate",
     "load_session",
     "read_sessions",
     "write_session",

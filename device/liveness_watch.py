@@ -58,6 +58,7 @@ class Outcome:
     """How a liveness window ended: for the decision rules (live or not) and the log (the kind, never a score)."""
 
     subject: str
+    label: str | None  # the matched name (a failure's event names it)
     live: bool
     kind: str  # a LivenessKind value, or "timeout" / "error"
     frames: int
@@ -86,6 +87,7 @@ class LivenessWatch:
         self.settings = liveness_settings(config)
         self._guard = threading.Lock()
         self._subject: str | None = None
+        self._label: str | None = None
         self._started = 0.0
         self._landmarks: list[np.ndarray | None] = []
         self.last_result: LivenessResult | None = None  # for tests and the evaluation; never published
@@ -99,10 +101,10 @@ class LivenessWatch:
         with self._guard:
             return self._subject is not None
 
-    def start(self, subject: str) -> None:
+    def start(self, subject: str, label: str | None = None) -> None:
         """Begin watching for `subject` (whose run just completed); a window already open is replaced."""
         with self._guard:
-            self._subject, self._started, self._landmarks = subject, self.clock(), []
+            self._subject, self._label, self._started, self._landmarks = subject, label, self.clock(), []
             self.follower.reset()
 
     def offer(self, rgb: np.ndarray) -> Outcome | None:
@@ -140,7 +142,7 @@ class LivenessWatch:
 
     def _end(self, subject: str, live: bool, kind: str) -> Outcome:
         frames = sum(points is not None for points in self._landmarks)
-        outcome = Outcome(subject, live, kind, frames, self.clock() - self._started)
+        outcome = Outcome(subject, self._label, live, kind, frames, self.clock() - self._started)
         self._subject, self._landmarks = None, []
         return outcome
 

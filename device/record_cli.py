@@ -29,7 +29,7 @@ from blindgate.shared.config import DeviceConfig
 from blindgate.shared.errors import BlindgateError
 
 from .liveness_attacks import AttackKind
-from .liveness_sessions import write_session
+from .liveness_sessions import frame_rate, write_session
 
 KIND_HINTS = {
     AttackKind.GENUINE: "walk up, look at the camera, turn your head slightly when told",
@@ -78,7 +78,7 @@ def cmd_record(config: DeviceConfig, args: argparse.Namespace, camera=None, say=
                     break
                 frames.append(frame.rgb)
                 stamps.append(frame.timestamp - start)
-            fps = (len(frames) - 1) / stamps[-1] if len(frames) > 1 and stamps[-1] > 0 else float(config.camera.fps or 10)
+            fps = frame_rate(stamps, float(config.camera.fps or 10))
             source_text = f"record {config.device_id} {config.camera.source}"
             path = write_session(args.folder, kind, frames, fps, stamps, source=source_text)
             say(f"session {n}: {len(frames)} frames ({fps:.1f} per second) -> {path}")

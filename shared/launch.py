@@ -275,18 +275,24 @@ def write_device_config(
     device_id: str = "door1",
     decision: dict | None = None,
     log_level: str = "INFO",
+    loop: bool = False,
+    extra: str = "",
 ) -> Path:
-    """A door device's TOML for a local run: mock GPIO pin, text logs, the given camera."""
+    """A door device's TOML for a local run: mock GPIO pin, text logs, the given camera.
+
+    `loop` starts a video or folder camera over at its end; `extra` is more TOML appended (other sections).
+    """
     rules = {"frames_required": 2, "open_seconds": 1.0, "cooldown_s": 1.0, "reply_timeout": 5.0, **(decision or {})}
     path.write_text(
         f"site = {json.dumps(site)}\ndevice_id = {json.dumps(device_id)}\ncloud_url = {json.dumps(cloud_url)}\n"
         f'state_dir = {json.dumps(str(state_dir))}\nlog_format = "text"\nlog_level = {json.dumps(log_level)}\n'
         f"[mqtt]\nhost = {json.dumps(broker.host)}\nport = {broker.port}\n{_mqtt_auth_toml(broker.mqtt_config('door'))}"
         f"[camera]\nsource = {json.dumps(camera)}\nwidth = 640\nheight = 0\nfps = {float(fps)}\n"
-        f"realtime = {'true' if realtime else 'false'}\n"
+        f"realtime = {'true' if realtime else 'false'}\nloop = {'true' if loop else 'false'}\n"
         "[decision]\n"
         + "".join(f"{k} = {float(v) if isinstance(v, float) else v}\n" for k, v in rules.items())
         + '[lock]\npin_factory = "mock"\n'
+        + extra
     )
     return path
 

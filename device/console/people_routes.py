@@ -14,7 +14,6 @@ the page with what happened (or what was wrong and that nothing changed).
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -34,9 +33,6 @@ from .web import Console, console_of
 MAX_PHOTOS = 20
 MAX_PHOTO_BYTES = 15 * 2**20
 T = TypeVar("T")
-
-_photo_analyzer: FaceAnalyzer | None = None
-_photo_lock = threading.Lock()  # dlib's models are not shared between threads: one upload analysed at a time
 
 
 async def people_page(request: web.Request) -> web.Response:
@@ -77,12 +73,11 @@ def faces_in_uploads(
     console: Console, photos: list[tuple[str, bytes]], choice: int | str | None, notes: list[str]
 ) -> list[EnrollFace]:
     """The chosen face of each uploaded photo, by the CLI's rules (a photo without a good face is skipped, said)."""
-    global _photo_analyzer
     decoded = [(name, decode_image(data, name)) for name, data in photos]
-    with _photo_lock:
-        if _photo_analyzer is None:  # its own models: the agent's loop keeps using its analyzer meanwhile
-            _photo_analyzer = FaceAnalyzer(face_config(console.config))
-        return faces_from_photos(_photo_analyzer, decoded, choice, say=notes.append)
+    with console.photo_lock:  # dlib's models are not shared between threads: one upload analysed at a time
+        if console.photo_analyzer is None:  # its own models: the agent's loop keeps using its analyzer meanwhile
+            console.photo_analyzer = FaceAnalyzer(face_config(console.config))
+        return faces_from_photos(console.photo_analyzer, decoded, choice, say=notes.append)
 
 
 async def enroll_photos(request: web.Request) -> web.StreamResponse:

@@ -31,6 +31,7 @@ import jinja2
 from aiohttp import web
 
 from blindgate.device.agent import Agent
+from blindgate.device.faces import FaceAnalyzer
 from blindgate.device.people import People
 from blindgate.shared.config import DeviceConfig
 
@@ -67,6 +68,8 @@ class Console:
     capture: CameraEnrollment | None = None
     templates: jinja2.Environment = field(default_factory=lambda: page_templates())
     flashes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    photo_analyzer: FaceAnalyzer | None = None  # for uploaded photos, made on first use (people_routes.py)
+    photo_lock: threading.Lock = field(default_factory=threading.Lock)
     _password: tuple[float, AdminPassword | None] | None = None
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -259,11 +262,11 @@ async def login(request: web.Request) -> web.StreamResponse:
     ok = await asyncio.get_running_loop().run_in_executor(None, password.verify, guess)
     if not ok:
         console.limiter.failed(address)
-        console.agent.audit.write(kind="console", action="login_failed", address=address)
+        console.audit(request, "login_failed")
         return _login_form(request, console, "Wrong password.", target, status=401)
     console.limiter.succeeded(address)
     session = console.sessions.create(password.fingerprint)
-    console.agent.audit.write(kind="console", action="login", address=address)
+    console.audit(request, "login")
     response = web.HTTPSeeOther(_local_target(target))
     response.set_cookie(SESSION_COOKIE, session.token, httponly=True, samesite="Strict", secure=console.tls, path="/")
     response.del_cookie(LOGIN_COOKIE, path="/login")

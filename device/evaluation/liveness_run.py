@@ -39,14 +39,14 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from blindgate.device.liveness import DEFAULT_SETTINGS, LivenessKind, LivenessResult, LivenessSettings, judge_window
 from blindgate.device.liveness_attacks import GENERATED_KINDS, AttackKind
-from blindgate.device.liveness_sessions import Session, SessionError, read_sessions, write_session
+from blindgate.device.liveness_sessions import Session, SessionError, frame_rate, read_sessions, write_session
 from blindgate.shared.errors import BlindgateError
 
 WINDOW_S = 2.0
@@ -68,11 +68,6 @@ class Presentation:
     motion: float | None
     frames: int
     judge_ms: float
-
-
-@dataclass
-class SessionCost:
-    frame_ms: list[float] = field(default_factory=list)
 
 
 def upper_bound(errors: int, trials: int, confidence: float = CONFIDENCE) -> float:
@@ -179,15 +174,15 @@ def report(presentations: list[Presentation], frame_ms: list[float], window_s: f
     return {
         "rates": rates,
         "worst_apcer": max((float(r["rate"]) for k, r in rates.items() if k != AttackKind.GENUINE), default=None),
-        "added_delay_ms": _spread(delays),
-        "cpu_per_frame_ms": _spread(frame_ms),
-        "judge_per_window_ms": _spread(judge),
+        "added_delay_ms": spread(delays),
+        "cpu_per_frame_ms": spread(frame_ms),
+        "judge_per_window_ms": spread(judge),
         "landmark_model_memory_mb": memory_mb,
         "window_s": window_s,
     }
 
 
-def _spread(values: list[float]) -> dict | None:
+def spread(values: list[float]) -> dict | None:
     if not values:
         return None
     ordered = sorted(values)
@@ -261,7 +256,7 @@ def make_synthetic(faces: Path, out: Path, seeds: int, people: list[str] | None,
         with open_camera(clip) as camera:
             played = list(iter(camera.read, None))
         stamps = [f.timestamp - played[0].timestamp for f in played]
-        fps = (len(played) - 1) / stamps[-1] if stamps[-1] > 0 else 30.0
+        fps = frame_rate(stamps, 30.0)
         write_session(out, AttackKind.GENUINE, [f.rgb for f in played], fps, stamps, source=f"clip {clip.name}")
         written += 1
         say(f"{clip.name}: 1 genuine session of {len(played)} frames")
@@ -317,12 +312,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 __all__ = [
     "FIT_MARGIN",
     "Presentation",
-    "fit_max_flat_residual",
     "evaluate_folder",
+    "fit_max_flat_residual",
     "landmark_track",
     "main",
     "make_synthetic",
     "report",
+    "rss_mb",
+    "spread",
     "upper_bound",
     "windows",
 ]

@@ -32,11 +32,24 @@ def cloud(mqtt_broker, tmp_path_factory):
 
 
 def provision(
-    tmp_path: Path, cloud: CloudService, broker, faces: Path, site: str, people: dict[str, list[str]], camera: str
+    tmp_path: Path,
+    cloud: CloudService,
+    broker,
+    faces: Path,
+    site: str,
+    people: dict[str, list[str]],
+    camera: str,
+    **options,
 ) -> Path:
-    """Write a device config, `init`, and `enroll` each person; returns the config path."""
+    """Write a device config (`options`: more of write_device_config's), `init`, and `enroll` each person; the config path."""
     config = write_device_config(
-        tmp_path / f"{site}.toml", site=site, cloud_url=cloud.url, broker=broker, state_dir=tmp_path / site, camera=camera
+        tmp_path / f"{site}.toml",
+        site=site,
+        cloud_url=cloud.url,
+        broker=broker,
+        state_dir=tmp_path / site,
+        camera=camera,
+        **options,
     )
     assert device_main(["--config", str(config), *cloud.init_args()]) == 0  # the cloud's generated provision token
     for name, files in people.items():

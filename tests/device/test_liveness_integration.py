@@ -34,9 +34,10 @@ NAME = "Lin-Manuel Miranda"
 @pytest.fixture(scope="module")
 def door_config(tmp_path_factory, cloud, mqtt_broker, faces_dir):
     work = tmp_path_factory.mktemp("liveness")
-    path = provision(work, cloud, mqtt_broker, faces_dir, "live", {NAME: ["lin_manuel_miranda/lin1.png"]}, "unused")
-    text = path.read_text() + '[liveness]\nmode = "motion"\nwindow_s = 2.0\ntimeout_s = 5.0\n'
-    path.write_text(text.replace("frames_required = 2", "frames_required = 1"))
+    liveness = '[liveness]\nmode = "motion"\nwindow_s = 2.0\ntimeout_s = 5.0\n'
+    people = {NAME: ["lin_manuel_miranda/lin1.png"]}
+    one_frame = {"frames_required": 1}
+    path = provision(work, cloud, mqtt_broker, faces_dir, "live", people, "unused", decision=one_frame, extra=liveness)
     return load_config(DeviceConfig, path, env={})
 
 

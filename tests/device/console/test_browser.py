@@ -54,9 +54,9 @@ def console_url(mqtt_broker, cloud, faces_dir, tmp_path_factory):
         fps=10.0,
         realtime=True,
         decision={"open_seconds": OPEN_S},
+        loop=True,
+        extra=f"[endpoint]\nport = {free_port()}\n",
     )
-    text = config.read_text().replace("realtime = true\n", "realtime = true\nloop = true\n")
-    config.write_text(text + f"[endpoint]\nport = {free_port()}\n")
     assert device_main(["--config", str(config), *cloud.init_args()]) == 0
     cli = [sys.executable, "-m", "blindgate.device.cli", "--config", str(config)]
     # The password through the real CLI, from stdin as a script would give it.
